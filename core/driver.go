@@ -1,0 +1,66 @@
+package core
+
+import "context"
+
+// NetworkSpec is everything a driver needs to program one network on a host.
+type NetworkSpec struct {
+	Network
+}
+
+// EndpointSpec is everything a driver needs to plug one endpoint in. The agent
+// resolves the container to a namespace before calling the driver, so drivers
+// never talk to Docker or the store.
+type EndpointSpec struct {
+	Endpoint
+	Net NetworkSpec
+	// NetNSPath is the namespace to plug into; NetNSID identifies it (device and
+	// inode of the nsfs file) so that a container restarted into a new namespace
+	// is told apart from the old one.
+	NetNSPath string
+	NetNSID   string
+}
+
+// Fingerprint summarises what, if changed, means the endpoint must be rebuilt.
+func (s EndpointSpec) Fingerprint() string {
+	return Short(s.IP + "|" + s.MAC + "|" + s.Net.Subnet + "|" + s.Net.Gateway + "|" + s.NetNSID + "|" +
+		s.Net.Driver + "|" + s.Net.Key())
+}
+
+// Fingerprint summarises the network settings a driver programs.
+func (s NetworkSpec) Fingerprint() string {
+	return Short(s.Driver + "|" + s.Subnet + "|" + s.Gateway + "|" + s.Encap + "|" + itoa(s.Tag) + "|" + mapString(s.Options))
+}
+
+// ObservedNetwork is a network object found on the host, marked as ours.
+type ObservedNetwork struct {
+	Key         string // tenant/name
+	Fingerprint string
+}
+
+// ObservedEndpoint is an endpoint link found on the host, marked as ours.
+type ObservedEndpoint struct {
+	Key         string // tenant/name
+	Fingerprint string
+	IfName      string
+	IfIndex     int
+	Healthy     bool // up and on the right bridge/port
+}
+
+// Actual is what a driver found programmed on this host.
+type Actual struct {
+	Networks  map[string]ObservedNetwork
+	Endpoints map[string]ObservedEndpoint
+}
+
+// Driver programs one host's dataplane. Every method is idempotent: Ensure*
+// converges whether or not the object exists; Remove* of an absent object is nil.
+// Remove gets only what Observe reported, because after a crash that is all there is.
+type Driver interface {
+	Name() string
+	EnsureNetwork(ctx context.Context, n NetworkSpec) error
+	RemoveNetwork(ctx context.Context, n ObservedNetwork) error
+	EnsureEndpoint(ctx context.Context, ep EndpointSpec) (ObservedEndpoint, error)
+	RemoveEndpoint(ctx context.Context, ep ObservedEndpoint) error
+	// Observe lists what this driver has programmed (only objects marked as ours).
+	Observe(ctx context.Context) (Actual, error)
+}

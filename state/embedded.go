@@ -1,0 +1,74 @@
+package state
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// EmbeddedConfig says where a single-host etcd listens and keeps its data.
+type EmbeddedConfig struct {
+	DataDir   string
+	ClientURL string // e.g. http://127.0.0.1:2379
+	PeerURL   string // e.g. http://127.0.0.1:2380
+	Name      string
+}
+
+// Embedded is an etcd server running inside this process.
+type Embedded struct {
+	e   *embed.Etcd
+	url string
+}
+
+// StartEmbedded starts etcd in-process and waits until it serves. A lone host
+// needs nothing else; many hosts point every agent at a real cluster instead.
+func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
+	cfg := embed.NewConfig()
+	cfg.Dir = c.DataDir
+	if c.Name != "" {
+		cfg.Name = c.Name
+	}
+	cu, err := url.Parse(c.ClientURL)
+	if err != nil {
+		return nil, fmt.Errorf("client URL %q: %w", c.ClientURL, err)
+	}
+	pu, err := url.Parse(c.PeerURL)
+	if err != nil {
+		return nil, fmt.Errorf("peer URL %q: %w", c.PeerURL, err)
+	}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+	cfg.InitialCluster = cfg.Name + "=" + pu.String()
+	cfg.LogLevel = "error"
+	// Bulk -cfg applies batch many keys per transaction; allow more than a
+	// cluster's default 128 here, while the client keeps its batches under 128
+	// so that it works against default clusters too.
+	cfg.MaxTxnOps = 1024
+	// Keep history bounded: compaction is what makes watchers re-list, and it
+	// must happen in a long-running daemon.
+	cfg.AutoCompactionMode = "periodic"
+	cfg.AutoCompactionRetention = "1h"
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd in %s: %w", c.DataDir, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd in %s did not become ready in 60s", c.DataDir)
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	}
+	return &Embedded{e: e, url: cu.String()}, nil
+}
+
+// Endpoint is the client URL.
+func (m *Embedded) Endpoint() string { return m.url }
+
+// Close stops the server.
+func (m *Embedded) Close() { m.e.Close() }

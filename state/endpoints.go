@@ -1,0 +1,296 @@
+package state
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"net"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/netplugin/netplugin/core"
+)
+
+// NewMAC returns a random locally administered unicast MAC. Every endpoint gets its
+// own (the macvlan seed plugin gave all the same one).
+func NewMAC() string {
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err)) // the kernel's RNG does not fail
+	}
+	b[0] = (b[0] | 0x02) &^ 0x01
+	return net.HardwareAddr(b).String()
+}
+
+// CreateEndpoint reserves an endpoint and its IP (ep.IP, or the lowest free one).
+// tag, when not 0, is the seed grammar's `-tag` on endpoint create: it must match
+// the network's tag, or re-tag a network whose tag was auto-assigned and that has
+// no endpoints yet (in the same transaction).
+func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (core.Endpoint, error) {
+	if ep.Tenant == "" {
+		ep.Tenant = core.DefaultTenant
+	}
+	if err := core.ValidName("endpoint", ep.Name); err != nil {
+		return ep, err
+	}
+	if ep.Network == "" {
+		return ep, fmt.Errorf("%w: endpoint %q needs -net-id", core.ErrInvalid, ep.Name)
+	}
+	if ep.MAC == "" {
+		ep.MAC = NewMAC()
+	} else if hw, err := net.ParseMAC(ep.MAC); err != nil || len(hw) != 6 || hw[0]&1 == 1 {
+		return ep, fmt.Errorf("%w: MAC %q: want a unicast Ethernet address", core.ErrInvalid, ep.MAC)
+	}
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		n, netRev, err := s.GetNetwork(ctx, ep.Tenant, ep.Network)
+		if err != nil {
+			return ep, err
+		}
+		cmps := []clientv3.Cmp{unchanged(networkKey(n.Tenant, n.Name), netRev), free(endpointKey(ep.Tenant, ep.Name))}
+		var ops []clientv3.Op
+		if tag != 0 && tag != n.Tag {
+			if tag < 1 || tag > core.MaxTag(n.Encap) {
+				return ep, fmt.Errorf("%w: %s tag %d out of range 1-%d", core.ErrInvalid, n.Encap, tag, core.MaxTag(n.Encap))
+			}
+			if !n.TagAuto {
+				return ep, fmt.Errorf("%w: -tag %d conflicts with tag %d of network %s", core.ErrInvalid, tag, n.Tag, n.Key())
+			}
+			old := n.Tag
+			n.Tag, n.TagAuto = tag, false
+			cmps = append(cmps, emptyPrefix(ipsOf(n.Tenant, n.Name)), free(tagKey(n.Encap, tag)))
+			ops = append(ops, clientv3.OpDelete(tagKey(n.Encap, old)), clientv3.OpPut(tagKey(n.Encap, tag), n.Key()),
+				clientv3.OpPut(networkKey(n.Tenant, n.Name), mustJSON(n)))
+		}
+		cand := ep
+		if cand.IP == "" {
+			if cand.IP, err = s.pickIP(ctx, n, attempt > 0); err != nil {
+				return ep, err
+			}
+		} else if err := core.ValidateEndpointIP(n, cand.IP); err != nil {
+			return ep, err
+		} else {
+			cand.IP = net.ParseIP(cand.IP).To4().String()
+		}
+		cmps = append(cmps, free(ipKey(n.Tenant, n.Name, cand.IP)))
+		ops = append(ops, clientv3.OpPut(endpointKey(cand.Tenant, cand.Name), mustJSON(cand)),
+			clientv3.OpPut(ipKey(n.Tenant, n.Name, cand.IP), cand.Name))
+		r, err := s.txn(ctx, cmps, ops...)
+		if err != nil {
+			return ep, err
+		}
+		if r.Succeeded {
+			return cand, nil
+		}
+		if err := s.whyEndpointCreateFailed(ctx, cand, n, ep.IP != "", tag); err != nil {
+			return ep, err
+		}
+		// Lost a race for an auto IP or the network changed: read again and retry.
+	}
+	return ep, fmt.Errorf("create endpoint %s: too much contention, try again", ep.Key())
+}
+
+// whyEndpointCreateFailed turns a failed transaction into the user's error, or
+// nil when the failure was a lost race worth retrying.
+func (s *Store) whyEndpointCreateFailed(ctx context.Context, ep core.Endpoint, n core.Network, userIP bool, tag int) error {
+	if ok, err := s.has(ctx, endpointKey(ep.Tenant, ep.Name)); err != nil {
+		return err
+	} else if ok {
+		return fmt.Errorf("%w: endpoint %q in tenant %q", core.ErrExists, ep.Name, ep.Tenant)
+	}
+	if userIP {
+		if ok, err := s.has(ctx, ipKey(n.Tenant, n.Name, ep.IP)); err != nil {
+			return err
+		} else if ok {
+			return fmt.Errorf("%w: IP %s is already used on network %s", core.ErrInUse, ep.IP, n.Key())
+		}
+	}
+	if tag != 0 && !n.TagAuto {
+		// We tried to re-tag: tell which precondition failed.
+		if ok, err := s.has(ctx, tagKey(n.Encap, tag)); err != nil {
+			return err
+		} else if ok {
+			return fmt.Errorf("%w: %s tag %d is taken by another network", core.ErrInUse, n.Encap, tag)
+		}
+		r, err := s.get(ctx, ipsOf(n.Tenant, n.Name), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return err
+		}
+		if r.Count > 0 {
+			return fmt.Errorf("%w: -tag %d: network %s already has endpoints with its tag", core.ErrInUse, tag, n.Key())
+		}
+	}
+	return nil
+}
+
+// pickIP returns the lowest free address, or a random free one after a lost race
+// so that concurrent creators stop colliding on the same candidate.
+func (s *Store) pickIP(ctx context.Context, n core.Network, random bool) (string, error) {
+	r, err := s.get(ctx, ipsOf(n.Tenant, n.Name), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return "", err
+	}
+	used := make(map[uint32]bool, len(r.Kvs)+1)
+	for _, kv := range r.Kvs {
+		if ip := net.ParseIP(lastSegment(string(kv.Key))); ip != nil {
+			used[core.IPToUint(ip)] = true
+		}
+	}
+	if n.Gateway != "" {
+		used[core.IPToUint(net.ParseIP(n.Gateway))] = true
+	}
+	lo, hi := core.SubnetBounds(mustCIDR(n.Subnet))
+	size := hi - lo - 1
+	if uint32(len(used)) >= size {
+		return "", fmt.Errorf("%w: network %s has no free IP left in %s", core.ErrInUse, n.Key(), n.Subnet)
+	}
+	start := uint32(0)
+	if random {
+		v, err := rand.Int(rand.Reader, big.NewInt(int64(size)))
+		if err == nil {
+			start = uint32(v.Int64())
+		}
+	}
+	for i := uint32(0); i < size; i++ {
+		ip := lo + 1 + (start+i)%size
+		if !used[ip] {
+			return core.IPFromUint(ip).String(), nil
+		}
+	}
+	return "", fmt.Errorf("%w: network %s has no free IP left in %s", core.ErrInUse, n.Key(), n.Subnet)
+}
+
+// GetEndpoint returns an endpoint and its revision.
+func (s *Store) GetEndpoint(ctx context.Context, tenant, name string) (core.Endpoint, int64, error) {
+	if tenant == "" {
+		tenant = core.DefaultTenant
+	}
+	r, err := s.get(ctx, endpointKey(tenant, name))
+	if err != nil {
+		return core.Endpoint{}, 0, err
+	}
+	if len(r.Kvs) == 0 {
+		if err := s.tenantExists(ctx, tenant); err != nil {
+			return core.Endpoint{}, 0, err
+		}
+		return core.Endpoint{}, 0, fmt.Errorf("%w: unknown endpoint %q in tenant %q", core.ErrNotFound, name, tenant)
+	}
+	var ep core.Endpoint
+	if err := json.Unmarshal(r.Kvs[0].Value, &ep); err != nil {
+		return ep, 0, fmt.Errorf("decode endpoint %s/%s: %w", tenant, name, err)
+	}
+	return ep, r.Kvs[0].ModRevision, nil
+}
+
+// Endpoints lists the endpoints of a tenant (all tenants when ""), optionally of one network.
+func (s *Store) Endpoints(ctx context.Context, tenant, network string) ([]core.Endpoint, error) {
+	prefix := endpointPrefix
+	if tenant != "" {
+		if err := s.tenantExists(ctx, tenant); err != nil {
+			return nil, err
+		}
+		prefix = endpointsOf(tenant)
+	}
+	all, err := list[core.Endpoint](ctx, s, prefix)
+	if err != nil || network == "" {
+		return all, err
+	}
+	out := all[:0]
+	for _, e := range all {
+		if e.Network == network {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// DeleteEndpoint removes an endpoint and releases its IP in one transaction.
+func (s *Store) DeleteEndpoint(ctx context.Context, tenant, name string) error {
+	ep, rev, err := s.GetEndpoint(ctx, tenant, name)
+	if err != nil {
+		return err
+	}
+	r, err := s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)},
+		clientv3.OpDelete(endpointKey(ep.Tenant, ep.Name)), clientv3.OpDelete(ipKey(ep.Tenant, ep.Network, ep.IP)))
+	if err != nil {
+		return err
+	}
+	if !r.Succeeded {
+		return fmt.Errorf("endpoint %s changed concurrently; try again", ep.Key())
+	}
+	return nil
+}
+
+// Attachment says where to plug an endpoint in.
+type Attachment struct {
+	ContainerName string // as typed by the user
+	ContainerID   string // resolved full ID, when known
+	NetNS         string
+	Host          string // empty: keep the endpoint's host
+}
+
+// Attach records that an endpoint should be plugged into a container or namespace.
+// Attaching again to the same target is a no-op; to another target is an error.
+func (s *Store) Attach(ctx context.Context, tenant, name string, a Attachment) (core.Endpoint, error) {
+	ep, rev, err := s.GetEndpoint(ctx, tenant, name)
+	if err != nil {
+		return ep, err
+	}
+	if a.ContainerID == "" {
+		a.ContainerID = a.ContainerName
+	}
+	if a.ContainerID == "" && a.NetNS == "" {
+		return ep, fmt.Errorf("%w: attach needs -container-id or -netns", core.ErrInvalid)
+	}
+	if ep.Attached() {
+		if ep.ContainerID == a.ContainerID && ep.NetNS == a.NetNS && (a.Host == "" || a.Host == ep.Host) {
+			return ep, nil
+		}
+		return ep, fmt.Errorf("%w: endpoint %s is attached to %s; detach it first", core.ErrInUse, ep.Key(), target(ep))
+	}
+	ep.ContainerName, ep.ContainerID, ep.NetNS = a.ContainerName, a.ContainerID, a.NetNS
+	if a.Host != "" {
+		ep.Host = a.Host
+	}
+	return ep, s.putEndpoint(ctx, ep, rev)
+}
+
+// Detach unplugs an endpoint and keeps its IP. containerOrNS, when given, must
+// name what the endpoint is attached to.
+func (s *Store) Detach(ctx context.Context, tenant, name, containerOrNS string) (core.Endpoint, error) {
+	ep, rev, err := s.GetEndpoint(ctx, tenant, name)
+	if err != nil {
+		return ep, err
+	}
+	if !ep.Attached() {
+		return ep, fmt.Errorf("%w: endpoint %s is not attached", core.ErrInvalid, ep.Key())
+	}
+	if containerOrNS != "" && containerOrNS != ep.ContainerID && containerOrNS != ep.ContainerName && containerOrNS != ep.NetNS {
+		return ep, fmt.Errorf("%w: endpoint %s is attached to %s, not %s", core.ErrInvalid, ep.Key(), target(ep), containerOrNS)
+	}
+	ep.ContainerName, ep.ContainerID, ep.NetNS = "", "", ""
+	return ep, s.putEndpoint(ctx, ep, rev)
+}
+
+func target(ep core.Endpoint) string {
+	if ep.NetNS != "" {
+		return "netns " + ep.NetNS
+	}
+	if ep.ContainerName != "" {
+		return "container " + ep.ContainerName
+	}
+	return "container " + ep.ContainerID
+}
+
+func (s *Store) putEndpoint(ctx context.Context, ep core.Endpoint, rev int64) error {
+	r, err := s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)},
+		clientv3.OpPut(endpointKey(ep.Tenant, ep.Name), mustJSON(ep)))
+	if err != nil {
+		return err
+	}
+	if !r.Succeeded {
+		return fmt.Errorf("endpoint %s changed concurrently; try again", ep.Key())
+	}
+	return nil
+}

@@ -1,0 +1,151 @@
+package state
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/netplugin/netplugin/core"
+)
+
+// hostRecord is stored under hosts/<host>; the lease ID lets a restarted agent
+// revoke its predecessor's lease, so stale status vanishes at once instead of
+// after the TTL.
+type hostRecord struct {
+	core.HostInfo
+	Lease int64 `json:"lease"`
+}
+
+// HostSession is an agent's liveness: its host record and status keys live under
+// one lease and disappear when the agent stops renewing it.
+type HostSession struct {
+	s    *Store
+	sess *concurrency.Session
+	host string
+}
+
+// Register starts a session for host with the given TTL in seconds.
+func (s *Store) Register(ctx context.Context, info core.HostInfo, ttl int) (*HostSession, error) {
+	if r, err := s.get(ctx, hostKey(info.Name)); err == nil && len(r.Kvs) == 1 {
+		var old hostRecord
+		if json.Unmarshal(r.Kvs[0].Value, &old) == nil && old.Lease != 0 {
+			rctx, cancel := s.op(ctx)
+			_, _ = s.cli.Revoke(rctx, clientv3.LeaseID(old.Lease)) // gone already is fine
+			cancel()
+		}
+	}
+	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
+	if err != nil {
+		return nil, wrapErr(err)
+	}
+	rec := hostRecord{HostInfo: info, Lease: int64(sess.Lease())}
+	pctx, cancel := s.op(ctx)
+	defer cancel()
+	if _, err := s.cli.Put(pctx, hostKey(info.Name), mustJSON(rec), clientv3.WithLease(sess.Lease())); err != nil {
+		_ = sess.Close()
+		return nil, wrapErr(err)
+	}
+	return &HostSession{s: s, sess: sess, host: info.Name}, nil
+}
+
+// Done is closed when the lease is lost (etcd unreachable for longer than the TTL).
+func (h *HostSession) Done() <-chan struct{} { return h.sess.Done() }
+
+// Close revokes the lease, removing the host record and its status.
+func (h *HostSession) Close() error { return h.sess.Close() }
+
+// Orphan stops renewing without revoking, as a crash would; for tests.
+func (h *HostSession) Orphan() { h.sess.Orphan() }
+
+// WriteStatus puts and deletes status keys of this host in as few transactions as
+// etcd's per-transaction limit allows.
+func (h *HostSession) WriteStatus(ctx context.Context, put map[string]core.EndpointStatus, del []string) error {
+	ops := make([]clientv3.Op, 0, len(put)+len(del))
+	for epKey, st := range put {
+		ops = append(ops, clientv3.OpPut(statusKey(h.host, epKey), mustJSON(st), clientv3.WithLease(h.sess.Lease())))
+	}
+	for _, epKey := range del {
+		ops = append(ops, clientv3.OpDelete(statusKey(h.host, epKey)))
+	}
+	for len(ops) > 0 {
+		n := min(len(ops), maxTxnOps)
+		if _, err := h.s.txn(ctx, nil, ops[:n]...); err != nil {
+			return fmt.Errorf("write status: %w", err)
+		}
+		ops = ops[n:]
+	}
+	return nil
+}
+
+// Statuses returns the observed status of endpoints by endpoint key (tenant/name), per host.
+func (s *Store) Statuses(ctx context.Context) (map[string]map[string]core.EndpointStatus, error) {
+	r, err := s.get(ctx, statusPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]map[string]core.EndpointStatus{}
+	for _, kv := range r.Kvs {
+		rest := strings.TrimPrefix(string(kv.Key), statusPrefix)
+		host, epKey, ok := strings.Cut(rest, "/")
+		if !ok {
+			continue
+		}
+		var st core.EndpointStatus
+		if err := json.Unmarshal(kv.Value, &st); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		if out[epKey] == nil {
+			out[epKey] = map[string]core.EndpointStatus{}
+		}
+		out[epKey][host] = st
+	}
+	return out, nil
+}
+
+// Hosts lists live hosts.
+func (s *Store) Hosts(ctx context.Context) ([]core.HostInfo, error) {
+	recs, err := list[hostRecord](ctx, s, hostPrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]core.HostInfo, len(recs))
+	for i, r := range recs {
+		out[i] = r.HostInfo
+	}
+	return out, nil
+}
+
+// StatusPrefix and ConfigPrefix are exported for watchers (benchmarks, tests).
+const (
+	StatusPrefix = statusPrefix
+	ConfigPrefix = configPrefix
+)
+
+// Decode helpers for consumers of a Cache over ConfigPrefix.
+
+// DecodeConfig splits a config snapshot into networks and endpoints by key.
+func DecodeConfig(kvs map[string][]byte) (map[string]core.Network, []core.Endpoint, error) {
+	nets := map[string]core.Network{}
+	var eps []core.Endpoint
+	for k, v := range kvs {
+		switch {
+		case strings.HasPrefix(k, networkPrefix):
+			var n core.Network
+			if err := json.Unmarshal(v, &n); err != nil {
+				return nil, nil, fmt.Errorf("decode %s: %w", k, err)
+			}
+			nets[n.Key()] = n
+		case strings.HasPrefix(k, endpointPrefix):
+			var e core.Endpoint
+			if err := json.Unmarshal(v, &e); err != nil {
+				return nil, nil, fmt.Errorf("decode %s: %w", k, err)
+			}
+			eps = append(eps, e)
+		}
+	}
+	return nets, eps, nil
+}

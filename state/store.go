@@ -1,0 +1,245 @@
+package state
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/netplugin/netplugin/core"
+)
+
+// DefaultEndpoints is where netdcli and the agent look for etcd when told nothing:
+// the embedded etcd a lone `netplugin` starts.
+var DefaultEndpoints = []string{"127.0.0.1:2379"}
+
+// maxTxnOps is etcd's default --max-txn-ops; batches stay under it so that a real
+// cluster with default settings accepts them.
+const maxTxnOps = 128
+
+// Store is the desired and observed state in etcd.
+type Store struct {
+	cli *clientv3.Client
+	log *logrus.Entry
+	// opTimeout bounds one request so an unreachable etcd is an error, not a hang.
+	opTimeout time.Duration
+}
+
+// Connect dials etcd and checks that it answers within timeout.
+func Connect(ctx context.Context, endpoints []string, timeout time.Duration, log *logrus.Entry) (*Store, error) {
+	if len(endpoints) == 0 {
+		endpoints = DefaultEndpoints
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: timeout,
+		Context:     ctx,
+		Logger:      zap.NewNop(),
+		// Keepalive makes a dead member noticed by long-lived watches.
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: etcd at %s: %w", core.ErrUnavailable, strings.Join(endpoints, ","), err)
+	}
+	s := &Store{cli: cli, log: log, opTimeout: timeout}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	// A linearizable read proves a leader exists, which a bare dial does not.
+	if _, err := cli.Get(cctx, keyGlobal); err != nil {
+		_ = cli.Close()
+		return nil, fmt.Errorf("%w: etcd at %s did not answer within %s", core.ErrUnavailable, strings.Join(endpoints, ","), timeout)
+	}
+	return s, nil
+}
+
+// Client exposes the etcd client to the agent's watch and lease code.
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// Close releases the connection.
+func (s *Store) Close() error { return s.cli.Close() }
+
+func (s *Store) op(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.opTimeout)
+}
+
+// wrapErr turns transport failures into ErrUnavailable so callers can tell
+// "etcd is down" from "your input is wrong".
+func wrapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return fmt.Errorf("%w: etcd did not answer: %w", core.ErrUnavailable, err)
+	}
+	return fmt.Errorf("%w: %w", core.ErrUnavailable, err)
+}
+
+func (s *Store) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	r, err := s.cli.Get(ctx, key, opts...)
+	return r, wrapErr(err)
+}
+
+func (s *Store) txn(ctx context.Context, cmps []clientv3.Cmp, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	r, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	return r, wrapErr(err)
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("marshal %T: %v", v, err)) // only plain structs are marshalled
+	}
+	return string(b)
+}
+
+func free(key string) clientv3.Cmp { return clientv3.Compare(clientv3.CreateRevision(key), "=", 0) }
+
+func exists(key string) clientv3.Cmp { return clientv3.Compare(clientv3.CreateRevision(key), ">", 0) }
+
+func unchanged(key string, modRev int64) clientv3.Cmp {
+	return clientv3.Compare(clientv3.ModRevision(key), "=", modRev)
+}
+
+// emptyPrefix holds when no key lies under prefix.
+func emptyPrefix(prefix string) clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(prefix), "=", 0).WithPrefix()
+}
+
+// Global returns the global configuration, defaults filled in.
+func (s *Store) Global(ctx context.Context) (core.Global, int64, error) {
+	r, err := s.get(ctx, keyGlobal)
+	if err != nil {
+		return core.Global{}, 0, err
+	}
+	g := core.DefaultGlobal()
+	if len(r.Kvs) == 0 {
+		return g, 0, nil
+	}
+	if err := json.Unmarshal(r.Kvs[0].Value, &g); err != nil {
+		return g, 0, fmt.Errorf("decode global: %w", err)
+	}
+	return g, r.Kvs[0].ModRevision, nil
+}
+
+// SetGlobal replaces the global configuration; empty fields keep their value.
+func (s *Store) SetGlobal(ctx context.Context, g core.Global) (core.Global, error) {
+	cur, rev, err := s.Global(ctx)
+	if err != nil {
+		return cur, err
+	}
+	if g.VLANs != "" {
+		cur.VLANs = g.VLANs
+	}
+	if g.VXLANs != "" {
+		cur.VXLANs = g.VXLANs
+	}
+	if g.DefaultDriver != "" {
+		cur.DefaultDriver = g.DefaultDriver
+	}
+	if g.SubnetPool != "" {
+		cur.SubnetPool = g.SubnetPool
+	}
+	if g.SubnetLen != 0 {
+		cur.SubnetLen = g.SubnetLen
+	}
+	if err := core.ValidateGlobal(cur); err != nil {
+		return cur, err
+	}
+	r, err := s.txn(ctx, []clientv3.Cmp{unchanged(keyGlobal, rev)}, clientv3.OpPut(keyGlobal, mustJSON(cur)))
+	if err != nil {
+		return cur, err
+	}
+	if !r.Succeeded {
+		return cur, fmt.Errorf("global configuration changed concurrently; try again")
+	}
+	return cur, nil
+}
+
+// CreateTenant adds a tenant.
+func (s *Store) CreateTenant(ctx context.Context, name string) error {
+	if err := core.ValidName("tenant", name); err != nil {
+		return err
+	}
+	r, err := s.txn(ctx, []clientv3.Cmp{free(tenantKey(name))}, clientv3.OpPut(tenantKey(name), mustJSON(core.Tenant{Name: name})))
+	if err != nil {
+		return err
+	}
+	if !r.Succeeded {
+		return fmt.Errorf("%w: tenant %q", core.ErrExists, name)
+	}
+	return nil
+}
+
+// DeleteTenant removes a tenant that has no networks.
+func (s *Store) DeleteTenant(ctx context.Context, name string) error {
+	r, err := s.txn(ctx, []clientv3.Cmp{exists(tenantKey(name)), emptyPrefix(networksOf(name))},
+		clientv3.OpDelete(tenantKey(name)))
+	if err != nil {
+		return err
+	}
+	if r.Succeeded {
+		return nil
+	}
+	if ok, err := s.has(ctx, tenantKey(name)); err != nil {
+		return err
+	} else if !ok {
+		return fmt.Errorf("%w: tenant %q", core.ErrNotFound, name)
+	}
+	return fmt.Errorf("%w: tenant %q still has networks; delete them first", core.ErrInUse, name)
+}
+
+// Tenants lists tenants by name.
+func (s *Store) Tenants(ctx context.Context) ([]core.Tenant, error) {
+	return list[core.Tenant](ctx, s, tenantPrefix)
+}
+
+func (s *Store) has(ctx context.Context, key string) (bool, error) {
+	r, err := s.get(ctx, key, clientv3.WithCountOnly())
+	if err != nil {
+		return false, err
+	}
+	return r.Count > 0, nil
+}
+
+// tenantExists is checked by every command that names a tenant, so that a typo is
+// "unknown tenant", not a silently created one. The default tenant always exists.
+func (s *Store) tenantExists(ctx context.Context, t string) error {
+	if t == core.DefaultTenant {
+		return nil
+	}
+	ok, err := s.has(ctx, tenantKey(t))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: unknown tenant %q", core.ErrNotFound, t)
+	}
+	return nil
+}
+
+func list[T any](ctx context.Context, s *Store, prefix string) ([]T, error) {
+	r, err := s.get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]T, 0, len(r.Kvs))
+	for _, kv := range r.Kvs {
+		var v T
+		if err := json.Unmarshal(kv.Value, &v); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
