@@ -1,0 +1,263 @@
+// Package linuxbridge is the driver with one Linux bridge per network and a veth
+// pair per endpoint, the container end created straight inside the container's
+// namespace (moving a link between namespaces waits for an RCU grace period,
+// ~20 ms, against ~1.3 ms for creating it there).
+package linuxbridge
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+
+	"github.com/netplugin/netplugin/core"
+	"github.com/netplugin/netplugin/internal/nl"
+)
+
+// Name is the driver's name in network specs.
+const Name = "linuxbridge"
+
+// Alias kinds of the links this driver owns.
+const (
+	kindNet = "lbnet" // bridge:   netplugin:lbnet:<fingerprint>:<tenant/net>
+	kindEP  = "lbep"  // host veth: netplugin:lbep:<fingerprint>:<bridge>:<tenant/ep>
+)
+
+// Driver programs bridges and veths in the namespace it was created in.
+type Driver struct {
+	log *logrus.Entry
+	// sysctlRoot is /proc/sys; a field so that the isolation sysctl is visible in one place.
+	sysctlRoot string
+}
+
+var _ core.Driver = (*Driver)(nil)
+
+// New returns the driver.
+func New(log *logrus.Entry) *Driver {
+	return &Driver{log: log.WithField("driver", Name), sysctlRoot: "/proc/sys"}
+}
+
+// Name implements core.Driver.
+func (d *Driver) Name() string { return Name }
+
+// EnsureNetwork creates or fixes the network's bridge.
+func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
+	name := core.BridgeName(n.Key())
+	alias := nl.Alias(kindNet, n.Fingerprint(), n.Key())
+	link, err := netlink.LinkByName(name)
+	switch {
+	case nl.IsNotFound(err):
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
+		if err := netlink.LinkAdd(br); err != nil {
+			return fmt.Errorf("create bridge %s for %s: %w", name, n.Key(), err)
+		}
+		if link, err = netlink.LinkByName(name); err != nil {
+			return fmt.Errorf("find bridge %s: %w", name, err)
+		}
+	case err != nil:
+		return fmt.Errorf("look up bridge %s: %w", name, err)
+	default:
+		if _, ok := nl.ParseAlias(link.Attrs().Alias, kindNet, 2); !ok {
+			return fmt.Errorf("%w: link %s exists but is not netplugin's; not touching it", core.ErrInUse, name)
+		}
+	}
+	if err := d.setGateway(link, n); err != nil {
+		return err
+	}
+	// Networks are isolated L2 segments: the host must not route between them, so
+	// forwarding is off for packets arriving on the bridge (the gateway address is
+	// for host<->container traffic only).
+	if err := os.WriteFile(filepath.Join(d.sysctlRoot, "net/ipv4/conf", name, "forwarding"), []byte("0"), 0o644); err != nil {
+		return fmt.Errorf("disable forwarding on %s: %w", name, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set bridge %s up: %w", name, err)
+	}
+	// The alias goes last: it records a fully programmed network.
+	if link.Attrs().Alias != alias {
+		if err := netlink.LinkSetAlias(link, alias); err != nil {
+			return fmt.Errorf("mark bridge %s: %w", name, err)
+		}
+	}
+	d.log.WithFields(logrus.Fields{"net": n.Key(), "bridge": name}).Debug("network ensured")
+	return nil
+}
+
+// setGateway puts exactly the gateway address on the bridge.
+func (d *Driver) setGateway(link netlink.Link, n core.NetworkSpec) error {
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
+	}
+	var want *netlink.Addr
+	if n.Gateway != "" {
+		_, sn, err := net.ParseCIDR(n.Subnet)
+		if err != nil {
+			return fmt.Errorf("subnet of %s: %w", n.Key(), err)
+		}
+		want = &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(n.Gateway).To4(), Mask: sn.Mask}}
+	}
+	for _, a := range addrs {
+		if want != nil && a.IPNet.String() == want.IPNet.String() {
+			want = nil // already there
+			continue
+		}
+		if err := netlink.AddrDel(link, &a); err != nil {
+			return fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, link.Attrs().Name, err)
+		}
+	}
+	if want != nil {
+		if err := netlink.AddrReplace(link, want); err != nil {
+			return fmt.Errorf("add gateway %s to %s: %w", want.IPNet, link.Attrs().Name, err)
+		}
+	}
+	return nil
+}
+
+// RemoveNetwork deletes the bridge if it is ours.
+func (d *Driver) RemoveNetwork(ctx context.Context, o core.ObservedNetwork) error {
+	return deleteOurs(core.BridgeName(o.Key), kindNet, 2)
+}
+
+// EnsureEndpoint plugs the endpoint in. A link already there with the same
+// fingerprint is repaired in place (up, on its bridge), never recreated, so
+// running containers keep their traffic.
+func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core.ObservedEndpoint, error) {
+	hostName := core.HostIfName(ep.Key())
+	brName := core.BridgeName(ep.Net.Key())
+	fp := ep.Fingerprint()
+	obs := core.ObservedEndpoint{Key: ep.Key(), Fingerprint: fp, IfName: hostName}
+	br, err := netlink.LinkByName(brName)
+	if err != nil {
+		return obs, fmt.Errorf("bridge %s of network %s: %w", brName, ep.Net.Key(), err)
+	}
+	if link, err := netlink.LinkByName(hostName); err == nil {
+		f, ok := nl.ParseAlias(link.Attrs().Alias, kindEP, 3)
+		if !ok {
+			return obs, fmt.Errorf("%w: link %s exists but is not netplugin's; not touching it", core.ErrInUse, hostName)
+		}
+		if f[0] == fp {
+			if err := netlink.LinkSetMasterByIndex(link, br.Attrs().Index); err != nil {
+				return obs, fmt.Errorf("attach %s to %s: %w", hostName, brName, err)
+			}
+			if err := netlink.LinkSetUp(link); err != nil {
+				return obs, fmt.Errorf("set %s up: %w", hostName, err)
+			}
+			obs.IfIndex, obs.Healthy = link.Attrs().Index, true
+			return obs, nil
+		}
+		if err := netlink.LinkDel(link); err != nil && !nl.IsNotFound(err) {
+			return obs, fmt.Errorf("remove outdated %s: %w", hostName, err)
+		}
+	} else if !nl.IsNotFound(err) {
+		return obs, fmt.Errorf("look up %s: %w", hostName, err)
+	}
+
+	h, ns, err := nl.InNS(ep.NetNSPath)
+	if err != nil {
+		return obs, err
+	}
+	defer ns.Close()
+	defer h.Close()
+	ifName, err := nl.FreeIfName(h, "eth")
+	if err != nil {
+		return obs, fmt.Errorf("netns %s: %w", ep.NetNSPath, err)
+	}
+	mac, err := net.ParseMAC(ep.MAC)
+	if err != nil {
+		return obs, fmt.Errorf("MAC of %s: %w", ep.Key(), err)
+	}
+	veth := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{Name: hostName, MasterIndex: br.Attrs().Index, Flags: net.FlagUp,
+			Alias: nl.Alias(kindEP, fp, brName, ep.Key())},
+		PeerName:         ifName,
+		PeerNamespace:    netlink.NsFd(int(ns)),
+		PeerHardwareAddr: mac,
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return obs, fmt.Errorf("create veth %s/%s for %s: %w", hostName, ifName, ep.Key(), err)
+	}
+	ok := false
+	defer func() {
+		if !ok { // leave nothing half-made behind
+			_ = netlink.LinkDel(veth)
+		}
+	}()
+	host, err := netlink.LinkByName(hostName)
+	if err != nil {
+		return obs, fmt.Errorf("find %s: %w", hostName, err)
+	}
+	if host.Attrs().Alias == "" { // older kernels ignore IFLA_IFALIAS on create
+		if err := netlink.LinkSetAlias(host, veth.Alias); err != nil {
+			return obs, fmt.Errorf("mark %s: %w", hostName, err)
+		}
+	}
+	peer, err := h.LinkByName(ifName)
+	if err != nil {
+		return obs, fmt.Errorf("find %s in %s: %w", ifName, ep.NetNSPath, err)
+	}
+	_, sn, _ := net.ParseCIDR(ep.Net.Subnet)
+	prefix, _ := sn.Mask.Size()
+	if err := nl.ConfigureIf(h, peer, nl.ContainerIf{IP: ep.IP, Prefix: prefix, Gateway: ep.Net.Gateway}); err != nil {
+		return obs, fmt.Errorf("configure %s in %s: %w", ifName, ep.NetNSPath, err)
+	}
+	ok = true
+	obs.IfIndex, obs.Healthy = host.Attrs().Index, true
+	d.log.WithFields(logrus.Fields{"ep": ep.Key(), "link": hostName, "ifname": ifName, "ip": ep.IP}).Debug("endpoint plugged")
+	return obs, nil
+}
+
+// RemoveEndpoint deletes the host end of the veth; the kernel removes the peer.
+func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) error {
+	return deleteOurs(core.HostIfName(o.Key), kindEP, 3)
+}
+
+func deleteOurs(name, kind string, fields int) error {
+	link, err := netlink.LinkByName(name)
+	if nl.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	if _, ok := nl.ParseAlias(link.Attrs().Alias, kind, fields); !ok {
+		return fmt.Errorf("%w: link %s is not netplugin's; not touching it", core.ErrInUse, name)
+	}
+	if err := netlink.LinkDel(link); err != nil && !nl.IsNotFound(err) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
+}
+
+// Observe lists this driver's bridges and veths by their alias.
+func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
+	links, err := nl.LinkList(nil)
+	if err != nil {
+		return core.Actual{}, err
+	}
+	a := core.Actual{Networks: map[string]core.ObservedNetwork{}, Endpoints: map[string]core.ObservedEndpoint{}}
+	byName := map[string]netlink.Link{}
+	for _, l := range links {
+		byName[l.Attrs().Name] = l
+	}
+	for _, l := range links {
+		attrs := l.Attrs()
+		if f, ok := nl.ParseAlias(attrs.Alias, kindNet, 2); ok {
+			a.Networks[f[1]] = core.ObservedNetwork{Key: f[1], Fingerprint: f[0]}
+			continue
+		}
+		f, ok := nl.ParseAlias(attrs.Alias, kindEP, 3)
+		if !ok {
+			continue
+		}
+		br, onBridge := byName[f[1]]
+		healthy := attrs.Flags&net.FlagUp != 0 && onBridge && attrs.MasterIndex == br.Attrs().Index
+		a.Endpoints[f[2]] = core.ObservedEndpoint{Key: f[2], Fingerprint: f[0], IfName: attrs.Name,
+			IfIndex: attrs.Index, Healthy: healthy}
+	}
+	return a, nil
+}
