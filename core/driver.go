@@ -64,3 +64,16 @@ type Driver interface {
 	// Observe lists what this driver has programmed (only objects marked as ours).
 	Observe(ctx context.Context) (Actual, error)
 }
+
+// Peer is another live host as its agent published it.
+type Peer struct {
+	Name string
+	VTEP string // underlay address for tunnels and routes; "" if the host has none
+}
+
+// PeerAware is implemented by drivers that connect hosts to each other (VXLAN
+// tunnels, routes). The agent calls SetPeers on every sync with the live hosts
+// other than itself; a host whose lease expired is no longer in the list.
+type PeerAware interface {
+	SetPeers(ctx context.Context, peers []Peer) error
+}

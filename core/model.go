@@ -105,6 +105,7 @@ type EndpointStatus struct {
 // HostInfo is what an agent publishes about itself under its lease.
 type HostInfo struct {
 	Name    string   `json:"name"`
+	VTEP    string   `json:"vtep,omitempty"`
 	Drivers []string `json:"drivers"`
 	Started string   `json:"started"`
 }

@@ -46,7 +46,7 @@ func (s *Store) Register(ctx context.Context, info core.HostInfo, ttl int) (*Hos
 	pctx, cancel := s.op(ctx)
 	defer cancel()
 	if _, err := s.cli.Put(pctx, hostKey(info.Name), mustJSON(rec), clientv3.WithLease(sess.Lease())); err != nil {
-		_ = sess.Close()
+		sess.Orphan()
 		return nil, wrapErr(err)
 	}
 	return &HostSession{s: s, sess: sess, host: info.Name}, nil
@@ -55,8 +55,12 @@ func (s *Store) Register(ctx context.Context, info core.HostInfo, ttl int) (*Hos
 // Done is closed when the lease is lost (etcd unreachable for longer than the TTL).
 func (h *HostSession) Done() <-chan struct{} { return h.sess.Done() }
 
-// Close revokes the lease, removing the host record and its status.
-func (h *HostSession) Close() error { return h.sess.Close() }
+// Revoke ends the lease at once, removing the host record and its status. It
+// takes its own ctx because it runs when the agent's context is already done.
+func (h *HostSession) Revoke(ctx context.Context) {
+	h.sess.Orphan()
+	_, _ = h.s.cli.Revoke(ctx, h.sess.Lease()) // failing, the lease expires by itself
+}
 
 // Orphan stops renewing without revoking, as a crash would; for tests.
 func (h *HostSession) Orphan() { h.sess.Orphan() }
@@ -119,11 +123,25 @@ func (s *Store) Hosts(ctx context.Context) ([]core.HostInfo, error) {
 	return out, nil
 }
 
-// StatusPrefix and ConfigPrefix are exported for watchers (benchmarks, tests).
+// Prefixes exported for watchers (the agent, benchmarks, tests).
 const (
 	StatusPrefix = statusPrefix
 	ConfigPrefix = configPrefix
+	HostPrefix   = hostPrefix
 )
+
+// DecodeHosts decodes a snapshot of HostPrefix.
+func DecodeHosts(kvs map[string][]byte) ([]core.HostInfo, error) {
+	out := make([]core.HostInfo, 0, len(kvs))
+	for k, v := range kvs {
+		var r hostRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", k, err)
+		}
+		out = append(out, r.HostInfo)
+	}
+	return out, nil
+}
 
 // Decode helpers for consumers of a Cache over ConfigPrefix.
 

@@ -1,0 +1,326 @@
+// Command netdcli writes and reads netplugin's desired state: tenants, networks,
+// endpoints and their attachment to containers, in the grammar of the original
+// netdcli (`netdcli -oper create -construct network ... NAME`).
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/urfave/cli/v2"
+
+	"github.com/netplugin/netplugin/core"
+	"github.com/netplugin/netplugin/internal/docker"
+	"github.com/netplugin/netplugin/state"
+)
+
+func main() {
+	if err := newApp(os.Stdout, os.Stdin).Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "netdcli:", oneLine(err))
+		os.Exit(1)
+	}
+}
+
+// oneLine keeps every error to a single line, as scripts and users expect.
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
+
+func newApp(out io.Writer, in io.Reader) *cli.App {
+	host, _ := os.Hostname()
+	return &cli.App{
+		Name:      "netdcli",
+		Usage:     "write and read netplugin's desired state",
+		UsageText: "netdcli -oper create|get|delete|attach|detach -construct global|tenant|network|endpoint [flags] NAME\n   netdcli -cfg FILE|-",
+		Writer:    out,
+		Reader:    in,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "oper", Usage: "create, get, delete, attach or detach"},
+			&cli.StringFlag{Name: "construct", Usage: "global, tenant, network or endpoint"},
+			&cli.StringFlag{Name: "tenant", Value: core.DefaultTenant},
+			&cli.StringFlag{Name: "net-id", Usage: "network of an endpoint"},
+			&cli.IntFlag{Name: "tag", Usage: "VLAN tag or VNI; 0 = allocate"},
+			&cli.StringFlag{Name: "tag-type", Usage: "vlan (default) or vxlan"},
+			&cli.StringFlag{Name: "subnet", Usage: "network subnet CIDR; empty = allocate from the global pool"},
+			&cli.StringFlag{Name: "gw", Usage: "network gateway IP"},
+			&cli.StringFlag{Name: "driver", Usage: "network driver; empty = the global default"},
+			&cli.StringSliceFlag{Name: "opt", Usage: "driver option KEY=VALUE (repeatable)"},
+			&cli.StringFlag{Name: "ip-address", Usage: "endpoint IP; empty or auto = allocate"},
+			&cli.StringFlag{Name: "mac", Usage: "endpoint MAC; empty = generate"},
+			&cli.StringFlag{Name: "container-id", Usage: "Docker container ID or name to attach to"},
+			&cli.StringFlag{Name: "netns", Usage: "network namespace name or path to attach to"},
+			&cli.StringFlag{Name: "host", Value: host, Usage: "host label of the endpoint"},
+			&cli.StringFlag{Name: "vlans", Usage: "global VLAN range, e.g. 1-4094"},
+			&cli.StringFlag{Name: "vxlans", Usage: "global VXLAN range, e.g. 1-10000"},
+			&cli.StringFlag{Name: "subnet-pool", Usage: "global pool auto subnets come from"},
+			&cli.IntFlag{Name: "subnet-len", Usage: "prefix length of auto subnets"},
+			&cli.StringFlag{Name: "etcd-url", Value: "http://127.0.0.1:2379", Usage: "etcd endpoints, comma separated", EnvVars: []string{"NETPLUGIN_ETCD"}},
+			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Second, Usage: "how long to wait for etcd"},
+			&cli.StringFlag{Name: "docker-socket", Value: "/var/run/docker.sock", Usage: "Docker API socket, to check containers on this host"},
+			&cli.StringFlag{Name: "cfg", Usage: "apply a whole desired-state JSON document (FILE or - for stdin)"},
+			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+		},
+		Action: func(c *cli.Context) error { return dispatch(c, out, in) },
+	}
+}
+
+func dispatch(c *cli.Context, out io.Writer, in io.Reader) error {
+	ctx := c.Context
+	if c.NArg() > 1 {
+		return fmt.Errorf("one NAME expected, got %q (flags go before NAME)", strings.Join(c.Args().Slice(), " "))
+	}
+	if c.String("cfg") == "" && c.String("oper") == "" {
+		return fmt.Errorf("-oper or -cfg is required; see netdcli -h")
+	}
+	log := logrus.NewEntry(logrus.New())
+	log.Logger.SetOutput(io.Discard)
+	s, err := state.Connect(ctx, strings.Split(c.String("etcd-url"), ","), c.Duration("timeout"), log)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	cmd := &command{c: c, s: s, out: out, name: c.Args().First()}
+	if f := c.String("cfg"); f != "" {
+		return cmd.applyFile(ctx, f, in)
+	}
+	oper, construct := c.String("oper"), c.String("construct")
+	if construct == "" {
+		return fmt.Errorf("-construct is required: global, tenant, network or endpoint")
+	}
+	if construct != "global" && oper != "get" && cmd.name == "" {
+		return fmt.Errorf("-oper %s -construct %s needs a NAME", oper, construct)
+	}
+	type op struct{ oper, construct string }
+	handlers := map[op]func(context.Context) error{
+		{"create", "global"}: cmd.setGlobal, {"get", "global"}: cmd.getGlobal,
+		{"create", "tenant"}: cmd.createTenant, {"get", "tenant"}: cmd.getTenants, {"delete", "tenant"}: cmd.deleteTenant,
+		{"create", "network"}: cmd.createNetwork, {"get", "network"}: cmd.getNetworks, {"delete", "network"}: cmd.deleteNetwork,
+		{"create", "endpoint"}: cmd.createEndpoint, {"get", "endpoint"}: cmd.getEndpoints, {"delete", "endpoint"}: cmd.deleteEndpoint,
+		{"attach", "endpoint"}: cmd.attach, {"detach", "endpoint"}: cmd.detach,
+	}
+	h, ok := handlers[op{oper, construct}]
+	if !ok {
+		return fmt.Errorf("-oper %s -construct %s is not supported", oper, construct)
+	}
+	return h(ctx)
+}
+
+type command struct {
+	c    *cli.Context
+	s    *state.Store
+	out  io.Writer
+	name string
+}
+
+// containerCheck resolves a container on this host so that a typo or a stopped
+// container is refused before anything is written. Endpoints homed on another
+// host are checked by that host's agent, which reports in status.
+func (m *command) containerCheck(ctx context.Context, idOrName, epHost string) (string, error) {
+	if idOrName == "" || epHost != m.c.String("host") {
+		return idOrName, nil
+	}
+	ctr, err := docker.New(m.c.String("docker-socket")).Inspect(ctx, idOrName)
+	if err != nil {
+		return "", fmt.Errorf("container %s: %w", idOrName, err)
+	}
+	if _, err := ctr.NetNSPath(); err != nil {
+		return "", err
+	}
+	return ctr.ID, nil
+}
+
+func (m *command) applyFile(ctx context.Context, f string, in io.Reader) error {
+	r := in
+	if f != "-" {
+		file, err := os.Open(f)
+		if err != nil {
+			return fmt.Errorf("config document: %w", err)
+		}
+		defer file.Close()
+		r = file
+	}
+	doc, err := state.ParseDocument(r)
+	if err != nil {
+		return err
+	}
+	sum, err := m.s.Apply(ctx, doc, m.c.String("host"))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(m.out, "applied: %d created, %d updated, %d deleted\n", sum.Created, sum.Updated, sum.Deleted)
+	return nil
+}
+
+func (m *command) setGlobal(ctx context.Context) error {
+	g, err := m.s.SetGlobal(ctx, core.Global{VLANs: m.c.String("vlans"), VXLANs: m.c.String("vxlans"),
+		DefaultDriver: m.c.String("driver"), SubnetPool: m.c.String("subnet-pool"), SubnetLen: m.c.Int("subnet-len")})
+	if err != nil {
+		return err
+	}
+	return m.printGlobal(g)
+}
+
+func (m *command) getGlobal(ctx context.Context) error {
+	g, _, err := m.s.Global(ctx)
+	if err != nil {
+		return err
+	}
+	return m.printGlobal(g)
+}
+
+func (m *command) createTenant(ctx context.Context) error {
+	return m.s.CreateTenant(ctx, m.name)
+}
+
+func (m *command) deleteTenant(ctx context.Context) error { return m.s.DeleteTenant(ctx, m.name) }
+
+func (m *command) getTenants(ctx context.Context) error {
+	ts, err := m.s.Tenants(ctx)
+	if err != nil {
+		return err
+	}
+	if m.name != "" {
+		var found []core.Tenant
+		for _, t := range ts {
+			if t.Name == m.name {
+				found = append(found, t)
+			}
+		}
+		if len(found) == 0 && m.name != core.DefaultTenant {
+			return fmt.Errorf("%w: unknown tenant %q", core.ErrNotFound, m.name)
+		}
+		ts = found
+	}
+	return m.printTenants(ts)
+}
+
+func (m *command) createNetwork(ctx context.Context) error {
+	opts := map[string]string{}
+	for _, o := range m.c.StringSlice("opt") {
+		k, v, ok := strings.Cut(o, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("%w: -opt %q: want KEY=VALUE", core.ErrInvalid, o)
+		}
+		opts[k] = v
+	}
+	if len(opts) == 0 {
+		opts = nil
+	}
+	n, err := m.s.CreateNetwork(ctx, core.Network{Tenant: m.c.String("tenant"), Name: m.name, Driver: m.c.String("driver"),
+		Encap: m.c.String("tag-type"), Tag: m.c.Int("tag"), Subnet: m.c.String("subnet"), Gateway: m.c.String("gw"), Options: opts})
+	if err != nil {
+		return err
+	}
+	return m.printNetworks(ctx, []core.Network{n})
+}
+
+func (m *command) getNetworks(ctx context.Context) error {
+	if m.name != "" {
+		n, _, err := m.s.GetNetwork(ctx, m.c.String("tenant"), m.name)
+		if err != nil {
+			return err
+		}
+		return m.printNetworks(ctx, []core.Network{n})
+	}
+	tenant := m.c.String("tenant")
+	if !m.c.IsSet("tenant") {
+		tenant = "" // no -tenant: every tenant's networks
+	}
+	ns, err := m.s.Networks(ctx, tenant)
+	if err != nil {
+		return err
+	}
+	return m.printNetworks(ctx, ns)
+}
+
+func (m *command) deleteNetwork(ctx context.Context) error {
+	return m.s.DeleteNetwork(ctx, m.c.String("tenant"), m.name)
+}
+
+func (m *command) createEndpoint(ctx context.Context) error {
+	ip := m.c.String("ip-address")
+	if ip == "auto" {
+		ip = ""
+	}
+	ep := core.Endpoint{Tenant: m.c.String("tenant"), Network: m.c.String("net-id"), Name: m.name, IP: ip,
+		MAC: m.c.String("mac"), Host: m.c.String("host"), NetNS: m.c.String("netns")}
+	if ref := m.c.String("container-id"); ref != "" {
+		id, err := m.containerCheck(ctx, ref, ep.Host)
+		if err != nil {
+			return err
+		}
+		ep.ContainerName, ep.ContainerID = ref, id
+	}
+	if ep.ContainerID != "" && ep.NetNS != "" {
+		return fmt.Errorf("%w: give -container-id or -netns, not both", core.ErrInvalid)
+	}
+	ep, err := m.s.CreateEndpoint(ctx, ep, m.c.Int("tag"))
+	if err != nil {
+		return err
+	}
+	return m.printEndpoints(ctx, []core.Endpoint{ep})
+}
+
+func (m *command) getEndpoints(ctx context.Context) error {
+	if m.name != "" {
+		ep, _, err := m.s.GetEndpoint(ctx, m.c.String("tenant"), m.name)
+		if err != nil {
+			return err
+		}
+		return m.printEndpoints(ctx, []core.Endpoint{ep})
+	}
+	tenant := m.c.String("tenant")
+	if !m.c.IsSet("tenant") {
+		tenant = ""
+	}
+	eps, err := m.s.Endpoints(ctx, tenant, m.c.String("net-id"))
+	if err != nil {
+		return err
+	}
+	return m.printEndpoints(ctx, eps)
+}
+
+func (m *command) deleteEndpoint(ctx context.Context) error {
+	return m.s.DeleteEndpoint(ctx, m.c.String("tenant"), m.name)
+}
+
+func (m *command) attach(ctx context.Context) error {
+	ep, _, err := m.s.GetEndpoint(ctx, m.c.String("tenant"), m.name)
+	if err != nil {
+		return err
+	}
+	a := state.Attachment{ContainerName: m.c.String("container-id"), NetNS: m.c.String("netns")}
+	if m.c.IsSet("host") {
+		a.Host = m.c.String("host")
+	}
+	if a.ContainerName != "" && a.NetNS != "" {
+		return fmt.Errorf("%w: give -container-id or -netns, not both", core.ErrInvalid)
+	}
+	host := ep.Host
+	if a.Host != "" {
+		host = a.Host
+	}
+	if a.ContainerID, err = m.containerCheck(ctx, a.ContainerName, host); err != nil {
+		return err
+	}
+	ep, err = m.s.Attach(ctx, m.c.String("tenant"), m.name, a)
+	if err != nil {
+		return err
+	}
+	return m.printEndpoints(ctx, []core.Endpoint{ep})
+}
+
+func (m *command) detach(ctx context.Context) error {
+	ref := m.c.String("container-id")
+	if ref == "" {
+		ref = m.c.String("netns")
+	}
+	ep, err := m.s.Detach(ctx, m.c.String("tenant"), m.name, ref)
+	if err != nil {
+		return err
+	}
+	return m.printEndpoints(ctx, []core.Endpoint{ep})
+}

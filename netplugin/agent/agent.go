@@ -1,0 +1,458 @@
+// Package agent is the per-host loop of netplugin: it mirrors the desired state
+// from etcd, asks each driver what the host has, reconciles the two with the pure
+// core.Reconcile, applies the plan and writes what it observed back under the
+// host's lease.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/netplugin/netplugin/core"
+	"github.com/netplugin/netplugin/state"
+)
+
+// ContainerResolver finds the network namespace of a running container.
+type ContainerResolver interface {
+	// NetNSPath returns the namespace path of a running container, or an error
+	// saying it does not exist or is not running.
+	NetNSPath(ctx context.Context, idOrName string) (string, error)
+}
+
+// Config wires an agent.
+type Config struct {
+	Host       string
+	VTEP       string // this host's underlay address, published for peers
+	Store      *state.Store
+	Drivers    map[string]core.Driver
+	Containers ContainerResolver // nil: endpoints attached to containers report an error
+	Resync     time.Duration     // full resync period; events only make it sooner
+	Workers    int               // endpoints programmed in parallel
+	LeaseTTL   int               // seconds
+	Log        *logrus.Entry
+	Metrics    *Metrics
+}
+
+// Agent reconciles one host.
+type Agent struct {
+	cfg     Config
+	log     *logrus.Entry
+	trigger chan struct{}
+	cache   *state.Cache // desired state
+	hosts   *state.Cache // live hosts, for drivers that connect hosts
+
+	// written is the status last written per endpoint key, so unchanged status
+	// costs no etcd write.
+	written map[string]core.EndpointStatus
+	// resolved caches container -> namespace; revalidated by stat on every use.
+	resolved map[string]resolvedNS
+
+	lastGood atomic.Int64 // unix nanos of the last successful sync
+	synced   atomic.Int64 // number of completed syncs, for tests
+}
+
+type resolvedNS struct{ path, id string }
+
+// New returns an agent; Run starts it.
+func New(cfg Config) *Agent {
+	if cfg.Resync <= 0 {
+		cfg.Resync = 10 * time.Second
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 10
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics()
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log.WithField("host", cfg.Host), trigger: make(chan struct{}, 1),
+		written: map[string]core.EndpointStatus{}, resolved: map[string]resolvedNS{}}
+	a.cache = state.NewCache(cfg.Store.Client(), state.ConfigPrefix, a.Poke, a.log)
+	a.hosts = state.NewCache(cfg.Store.Client(), state.HostPrefix, a.Poke, a.log)
+	return a
+}
+
+// Poke asks for a sync soon; bursts of pokes coalesce into one sync.
+func (a *Agent) Poke() {
+	select {
+	case a.trigger <- struct{}{}:
+	default: // a sync is already pending
+	}
+}
+
+// Healthy reports whether a sync succeeded recently.
+func (a *Agent) Healthy() bool {
+	last := a.lastGood.Load()
+	return last != 0 && time.Since(time.Unix(0, last)) < 3*a.cfg.Resync
+}
+
+// Syncs returns how many syncs completed.
+func (a *Agent) Syncs() int64 { return a.synced.Load() }
+
+// Run reconciles until ctx ends. It keeps retrying when etcd is unreachable.
+func (a *Agent) Run(ctx context.Context) error {
+	go a.cache.Run(ctx)
+	go a.hosts.Run(ctx)
+	for {
+		sess, err := a.register(ctx)
+		if err != nil {
+			return err
+		}
+		err = a.loop(ctx, sess)
+		if ctx.Err() != nil {
+			// A clean stop revokes the lease so that this host's status goes at
+			// once; the dataplane itself stays as it is.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			sess.Revoke(cctx)
+			return nil
+		}
+		a.log.WithError(err).Warn("host lease lost; registering again")
+		a.written = map[string]core.EndpointStatus{} // the status went with the lease
+	}
+}
+
+func (a *Agent) register(ctx context.Context) (*state.HostSession, error) {
+	names := make([]string, 0, len(a.cfg.Drivers))
+	for n := range a.cfg.Drivers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	backoff := 200 * time.Millisecond
+	for {
+		sess, err := a.cfg.Store.Register(ctx, core.HostInfo{Name: a.cfg.Host, VTEP: a.cfg.VTEP, Drivers: names,
+			Started: time.Now().UTC().Format(time.RFC3339)}, a.cfg.LeaseTTL)
+		if err == nil {
+			return sess, nil
+		}
+		a.cfg.Metrics.etcdErrors.Inc()
+		a.log.WithError(err).Warn("cannot register host; retrying")
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (a *Agent) loop(ctx context.Context, sess *state.HostSession) error {
+	for _, c := range []*state.Cache{a.cache, a.hosts} {
+		select {
+		case <-c.Ready():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	tick := time.NewTicker(a.cfg.Resync)
+	defer tick.Stop()
+	a.Poke()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-sess.Done():
+			return errors.New("lease expired")
+		case <-a.trigger:
+		case <-tick.C:
+		}
+		start := time.Now()
+		err := a.SyncOnce(ctx, sess)
+		a.cfg.Metrics.observeSync(time.Since(start), err)
+		a.synced.Add(1)
+		if err != nil {
+			a.log.WithError(err).Warn("sync incomplete; will retry")
+			continue
+		}
+		a.lastGood.Store(time.Now().UnixNano())
+	}
+}
+
+// SyncOnce observes, reconciles and applies once, then writes status.
+func (a *Agent) SyncOnce(ctx context.Context, sess *state.HostSession) error {
+	kvs, _ := a.cache.Snapshot()
+	nets, eps, err := state.DecodeConfig(kvs)
+	if err != nil {
+		return err
+	}
+	status := map[string]core.EndpointStatus{}
+	hold := map[string]bool{} // endpoints whose links must be kept although not ensured now
+	want := map[string]*core.Desired{}
+	wantNet := map[string]map[string]bool{}
+	for _, ep := range eps {
+		if ep.Host != a.cfg.Host || !ep.Attached() {
+			continue
+		}
+		n, ok := nets[ep.NetworkKey()]
+		if !ok {
+			status[ep.Key()] = a.errStatus(fmt.Sprintf("network %s not found", ep.NetworkKey()))
+			continue
+		}
+		if _, ok := a.cfg.Drivers[n.Driver]; !ok {
+			status[ep.Key()] = a.errStatus(fmt.Sprintf("driver %q is not enabled on host %s", n.Driver, a.cfg.Host))
+			continue
+		}
+		path, id, err := a.resolve(ctx, ep)
+		if err != nil {
+			status[ep.Key()] = a.errStatus(err.Error())
+			hold[ep.Key()] = true // a Docker hiccup must not unplug a running container
+			continue
+		}
+		d := want[n.Driver]
+		if d == nil {
+			d = &core.Desired{}
+			want[n.Driver] = d
+			wantNet[n.Driver] = map[string]bool{}
+		}
+		if !wantNet[n.Driver][n.Key()] {
+			wantNet[n.Driver][n.Key()] = true
+			d.Networks = append(d.Networks, core.NetworkSpec{Network: n})
+		}
+		d.Endpoints = append(d.Endpoints, core.EndpointSpec{Endpoint: ep, Net: core.NetworkSpec{Network: n}, NetNSPath: path, NetNSID: id})
+	}
+
+	var errs []error
+	peers, err := a.peers()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for name, drv := range a.cfg.Drivers {
+		if pa, ok := drv.(core.PeerAware); ok && err == nil {
+			if err := pa.SetPeers(ctx, peers); err != nil {
+				errs = append(errs, fmt.Errorf("driver %s: peers: %w", name, err))
+			}
+		}
+		d := want[name]
+		if d == nil {
+			d = &core.Desired{}
+		}
+		if err := a.syncDriver(ctx, drv, *d, hold, status); err != nil {
+			errs = append(errs, fmt.Errorf("driver %s: %w", name, err))
+		}
+	}
+	if err := a.writeStatus(ctx, sess, status); err != nil {
+		a.cfg.Metrics.etcdErrors.Inc()
+		errs = append(errs, err)
+	}
+	a.cfg.Metrics.setEndpoints(status)
+	return errors.Join(errs...)
+}
+
+// peers lists the other live hosts from the hosts mirror.
+func (a *Agent) peers() ([]core.Peer, error) {
+	kvs, _ := a.hosts.Snapshot()
+	hosts, err := state.DecodeHosts(kvs)
+	if err != nil {
+		return nil, err
+	}
+	var out []core.Peer
+	for _, h := range hosts {
+		if h.Name != a.cfg.Host {
+			out = append(out, core.Peer{Name: h.Name, VTEP: h.VTEP})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+func (a *Agent) errStatus(msg string) core.EndpointStatus {
+	return core.EndpointStatus{Host: a.cfg.Host, State: core.StateError, Error: msg}
+}
+
+func (a *Agent) syncDriver(ctx context.Context, drv core.Driver, d core.Desired, hold map[string]bool, status map[string]core.EndpointStatus) error {
+	actual, err := drv.Observe(ctx)
+	if err != nil {
+		for _, e := range d.Endpoints {
+			status[e.Key()] = a.errStatus("observe: " + err.Error())
+		}
+		return fmt.Errorf("observe: %w", err)
+	}
+	plan := core.Reconcile(d, actual)
+	removeEPs := plan.RemoveEPs[:0]
+	for _, o := range plan.RemoveEPs {
+		if !hold[o.Key] {
+			removeEPs = append(removeEPs, o)
+		}
+	}
+	plan.RemoveEPs = removeEPs
+	if len(hold) > 0 {
+		// A held endpoint may sit on any of the observed networks: keep them all
+		// until resolution works again.
+		plan.RemoveNets = nil
+	}
+	log := a.log.WithField("driver", drv.Name())
+	if !plan.Empty() {
+		log.WithFields(logrus.Fields{"ensureNets": len(plan.EnsureNets), "ensureEPs": len(plan.EnsureEPs),
+			"removeEPs": len(plan.RemoveEPs), "removeNets": len(plan.RemoveNets)}).Info("applying plan")
+	}
+	var errs []error
+	netErr := map[string]error{}
+	for _, n := range plan.EnsureNets {
+		if err := drv.EnsureNetwork(ctx, n); err != nil {
+			netErr[n.Key()] = err
+			errs = append(errs, fmt.Errorf("ensure network %s: %w", n.Key(), err))
+		}
+	}
+	errs = append(errs, parallel(ctx, a.cfg.Workers, plan.RemoveEPs, func(o core.ObservedEndpoint) error {
+		if err := drv.RemoveEndpoint(ctx, o); err != nil {
+			return fmt.Errorf("remove endpoint %s: %w", o.Key, err)
+		}
+		return nil
+	})...)
+	var mu sync.Mutex
+	ensured := map[string]core.ObservedEndpoint{}
+	failed := map[string]error{}
+	errs = append(errs, parallel(ctx, a.cfg.Workers, plan.EnsureEPs, func(e core.EndpointSpec) error {
+		if err := netErr[e.Net.Key()]; err != nil {
+			mu.Lock()
+			failed[e.Key()] = fmt.Errorf("network: %w", err)
+			mu.Unlock()
+			return nil // reported once, for the network
+		}
+		o, err := drv.EnsureEndpoint(ctx, e)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			failed[e.Key()] = err
+			return fmt.Errorf("ensure endpoint %s: %w", e.Key(), err)
+		}
+		ensured[e.Key()] = o
+		return nil
+	})...)
+	for _, n := range plan.RemoveNets {
+		if err := drv.RemoveNetwork(ctx, n); err != nil {
+			errs = append(errs, fmt.Errorf("remove network %s: %w", n.Key, err))
+		}
+	}
+	for _, e := range d.Endpoints {
+		st := core.EndpointStatus{Host: a.cfg.Host, State: core.StateUp, NetNS: e.NetNSPath}
+		o, ok := ensured[e.Key()]
+		if !ok {
+			o = actual.Endpoints[e.Key()]
+		}
+		st.IfName, st.IfIndex = o.IfName, o.IfIndex
+		if err, bad := failed[e.Key()]; bad {
+			st.State, st.Error = core.StateError, err.Error()
+		}
+		status[e.Key()] = st
+	}
+	return errors.Join(errs...)
+}
+
+// parallel runs f over items with n workers and collects the errors.
+func parallel[T any](ctx context.Context, n int, items []T, f func(T) error) []error {
+	if len(items) == 0 {
+		return nil
+	}
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	ch := make(chan T)
+	for w := 0; w < min(n, len(items)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for it := range ch {
+				if err := f(it); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, it := range items {
+		if ctx.Err() != nil {
+			break
+		}
+		ch <- it
+	}
+	close(ch)
+	wg.Wait()
+	return errs
+}
+
+// resolve finds the namespace of an endpoint and its identity (device:inode).
+func (a *Agent) resolve(ctx context.Context, ep core.Endpoint) (string, string, error) {
+	if ep.NetNS != "" {
+		path := ep.NetNS
+		if !strings.HasPrefix(path, "/") {
+			path = "/var/run/netns/" + path
+		}
+		id, err := nsID(path)
+		if err != nil {
+			return "", "", fmt.Errorf("netns %s: %w", ep.NetNS, err)
+		}
+		return path, id, nil
+	}
+	if r, ok := a.resolved[ep.ContainerID]; ok {
+		if id, err := nsID(r.path); err == nil && id == r.id {
+			return r.path, r.id, nil // same process, same namespace: no Docker round trip
+		}
+		delete(a.resolved, ep.ContainerID)
+	}
+	if a.cfg.Containers == nil {
+		return "", "", fmt.Errorf("container %s: no Docker connection on host %s", ep.ContainerName, a.cfg.Host)
+	}
+	path, err := a.cfg.Containers.NetNSPath(ctx, ep.ContainerID)
+	if err != nil {
+		return "", "", err
+	}
+	id, err := nsID(path)
+	if err != nil {
+		return "", "", fmt.Errorf("container %s: %w", ep.ContainerName, err)
+	}
+	a.resolved[ep.ContainerID] = resolvedNS{path, id}
+	return path, id, nil
+}
+
+func nsID(path string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return "", fmt.Errorf("stat %s: %w", path, err)
+	}
+	return fmt.Sprintf("%d:%d", st.Dev, st.Ino), nil
+}
+
+// writeStatus writes the status that changed and deletes status of endpoints
+// that are no longer attached here.
+func (a *Agent) writeStatus(ctx context.Context, sess *state.HostSession, status map[string]core.EndpointStatus) error {
+	put := map[string]core.EndpointStatus{}
+	for k, st := range status {
+		if old, ok := a.written[k]; !ok || old != st {
+			put[k] = st
+		}
+	}
+	var del []string
+	for k := range a.written {
+		if _, ok := status[k]; !ok {
+			del = append(del, k)
+		}
+	}
+	if len(put) == 0 && len(del) == 0 {
+		return nil
+	}
+	if err := sess.WriteStatus(ctx, put, del); err != nil {
+		return err
+	}
+	for k, st := range put {
+		a.written[k] = st
+	}
+	for _, k := range del {
+		delete(a.written, k)
+	}
+	return nil
+}

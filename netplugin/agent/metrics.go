@@ -1,0 +1,55 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/netplugin/netplugin/core"
+)
+
+// Metrics are the agent's Prometheus series, on a registry of their own (no
+// global default registry).
+type Metrics struct {
+	Registry     *prometheus.Registry
+	syncDuration prometheus.Histogram
+	syncs        *prometheus.CounterVec
+	endpoints    *prometheus.GaugeVec
+	etcdErrors   prometheus.Counter
+}
+
+// NewMetrics creates and registers the series.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netplugin_reconcile_duration_seconds",
+			Help: "Time of one observe-reconcile-apply pass.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		syncs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netplugin_reconcile_total",
+			Help: "Reconcile passes by result."}, []string{"result"}),
+		endpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "netplugin_endpoints",
+			Help: "Endpoints of this host by state."}, []string{"state"}),
+		etcdErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "netplugin_etcd_errors_total",
+			Help: "Failed etcd requests (registration, status writes)."}),
+	}
+	m.Registry.MustRegister(m.syncDuration, m.syncs, m.endpoints, m.etcdErrors)
+	return m
+}
+
+func (m *Metrics) observeSync(d time.Duration, err error) {
+	m.syncDuration.Observe(d.Seconds())
+	if err != nil {
+		m.syncs.WithLabelValues("error").Inc()
+	} else {
+		m.syncs.WithLabelValues("ok").Inc()
+	}
+}
+
+func (m *Metrics) setEndpoints(status map[string]core.EndpointStatus) {
+	counts := map[string]float64{core.StateUp: 0, core.StateError: 0}
+	for _, st := range status {
+		counts[st.State]++
+	}
+	for s, n := range counts {
+		m.endpoints.WithLabelValues(s).Set(n)
+	}
+}

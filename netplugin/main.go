@@ -1,0 +1,140 @@
+// Command netplugin is the per-host agent: it makes this host's dataplane match
+// the desired state in etcd. With no --etcd-endpoints it runs an embedded etcd,
+// so a single host needs nothing else.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sirupsen/logrus"
+	"github.com/urfave/cli/v2"
+
+	"github.com/netplugin/netplugin/core"
+	"github.com/netplugin/netplugin/drivers/linuxbridge"
+	"github.com/netplugin/netplugin/internal/docker"
+	"github.com/netplugin/netplugin/netplugin/agent"
+	"github.com/netplugin/netplugin/state"
+)
+
+func main() {
+	host, _ := os.Hostname()
+	app := &cli.App{
+		Name:  "netplugin",
+		Usage: "per-host agent of the netplugin container network control plane",
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "etcd-endpoints", Usage: "etcd cluster to use; none: run an embedded etcd"},
+			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/netplugin", Usage: "embedded etcd data"},
+			&cli.StringFlag{Name: "etcd-client-url", Value: "http://127.0.0.1:2379", Usage: "embedded etcd client URL"},
+			&cli.StringFlag{Name: "etcd-peer-url", Value: "http://127.0.0.1:2380", Usage: "embedded etcd peer URL"},
+			&cli.StringFlag{Name: "host-label", Value: host, Usage: "this host's name in endpoint specs"},
+			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:9090", Usage: "health and Prometheus metrics address; empty: off"},
+			&cli.StringFlag{Name: "docker-socket", Value: "/var/run/docker.sock", Usage: "Docker Engine API socket, to find containers' namespaces"},
+			&cli.StringSliceFlag{Name: "drivers", Value: cli.NewStringSlice(linuxbridge.Name), Usage: "drivers to enable"},
+			&cli.DurationFlag{Name: "resync", Value: 10 * time.Second, Usage: "full resync period"},
+			&cli.IntFlag{Name: "workers", Value: 4, Usage: "endpoints programmed in parallel"},
+			&cli.BoolFlag{Name: "debug", Aliases: []string{"d"}, Usage: "debug logging"},
+		},
+		Action: run,
+	}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "netplugin:", err)
+		os.Exit(1)
+	}
+}
+
+func run(c *cli.Context) error {
+	logger := logrus.New()
+	if c.Bool("debug") {
+		logger.SetLevel(logrus.DebugLevel)
+	}
+	log := logrus.NewEntry(logger)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	endpoints := c.StringSlice("etcd-endpoints")
+	if len(endpoints) == 0 {
+		dir := filepath.Join(c.String("data-dir"), "etcd")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("data dir: %w", err)
+		}
+		e, err := state.StartEmbedded(ctx, state.EmbeddedConfig{DataDir: dir,
+			ClientURL: c.String("etcd-client-url"), PeerURL: c.String("etcd-peer-url")})
+		if err != nil {
+			return err
+		}
+		defer e.Close()
+		endpoints = []string{e.Endpoint()}
+		log.WithField("url", e.Endpoint()).Info("embedded etcd started")
+	}
+	store, err := connect(ctx, endpoints, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	drivers := map[string]core.Driver{}
+	for _, name := range c.StringSlice("drivers") {
+		switch name {
+		case linuxbridge.Name:
+			drivers[name] = linuxbridge.New(log)
+		default:
+			return fmt.Errorf("unknown driver %q (have: %s)", name, linuxbridge.Name)
+		}
+	}
+	metrics := agent.NewMetrics()
+	a := agent.New(agent.Config{
+		Host: c.String("host-label"), Store: store, Drivers: drivers,
+		Containers: docker.New(c.String("docker-socket")),
+		Resync:     c.Duration("resync"), Workers: c.Int("workers"), Log: log, Metrics: metrics,
+	})
+	if addr := c.String("listen"); addr != "" {
+		srv := &http.Server{Addr: addr, Handler: handler(a, metrics), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.WithError(err).Error("metrics listener failed")
+			}
+		}()
+		defer srv.Close()
+	}
+	log.WithFields(logrus.Fields{"host": c.String("host-label"), "etcd": strings.Join(endpoints, ",")}).Info("agent running")
+	return a.Run(ctx)
+}
+
+// connect retries: an agent started before etcd must wait for it, not exit.
+func connect(ctx context.Context, endpoints []string, log *logrus.Entry) (*state.Store, error) {
+	for {
+		s, err := state.Connect(ctx, endpoints, 5*time.Second, log)
+		if err == nil {
+			return s, nil
+		}
+		log.WithError(err).Warn("etcd not reachable yet; retrying")
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+func handler(a *agent.Agent, m *agent.Metrics) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.Healthy() {
+			http.Error(w, "no successful sync recently", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
