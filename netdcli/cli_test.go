@@ -1,0 +1,218 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/netplugin/netplugin/internal/etcdtest"
+	"github.com/netplugin/netplugin/state"
+)
+
+// bin is the netdcli binary under test, built once by TestMain: the tests run
+// it as a user would, as a separate process.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "netdcli-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = filepath.Join(dir, "netdcli")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build netdcli: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type runner struct {
+	t   *testing.T
+	url string
+}
+
+func newCLI(t *testing.T) (*runner, *state.Store) {
+	s, e := etcdtest.Store(t)
+	return &runner{t: t, url: e.Endpoint()}, s
+}
+
+func (c *runner) run(args ...string) (string, string, error) {
+	cmd := exec.Command(bin, append([]string{"-etcd-url", c.url, "-host", "testhost"}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+func (c *runner) ok(args ...string) string {
+	c.t.Helper()
+	out, errOut, err := c.run(args...)
+	if err != nil {
+		c.t.Fatalf("netdcli %s: %v: %s", strings.Join(args, " "), err, errOut)
+	}
+	return out
+}
+
+func dump(t *testing.T, s *state.Store) string {
+	t.Helper()
+	r, err := s.Client().Get(context.Background(), state.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, kv := range r.Kvs {
+		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
+	}
+	return b.String()
+}
+
+func TestSeedGrammarWithNetns(t *testing.T) {
+	c, _ := newCLI(t)
+	// The seed's network has no -subnet: give the pool a subnet holding its IP.
+	c.ok("-oper", "create", "-construct", "global", "-subnet-pool", "11.1.0.0/16", "-subnet-len", "16")
+	c.ok("-oper", "create", "-construct", "network", "tenant1-net1")
+	out := c.ok("-oper", "get", "-construct", "network", "tenant1-net1")
+	if !strings.Contains(out, "11.1.0.0/16") || !strings.Contains(out, "(auto)") {
+		t.Fatalf("get network:\n%s", out)
+	}
+	c.ok("-oper", "create", "-construct", "endpoint", "-net-id", "tenant1-net1", "-tag", "12", `-ip-address=11.1.1.1`, "tenant1-net1-ep1")
+	out = c.ok("-oper", "get", "-construct", "network", "tenant1-net1")
+	if !strings.Contains(out, " 12 ") {
+		t.Fatalf("-tag 12 did not re-tag the network:\n%s", out)
+	}
+	out = c.ok("-oper", "get", "-construct", "endpoint", "tenant1-net1-ep1")
+	if !strings.Contains(out, "11.1.1.1") || !strings.Contains(out, "reserved") {
+		t.Fatalf("get endpoint:\n%s", out)
+	}
+	c.ok("-oper", "attach", "-construct", "endpoint", "-netns", "somens", "tenant1-net1-ep1")
+	out = c.ok("-oper", "get", "-construct", "endpoint", "-json", "tenant1-net1-ep1")
+	if !strings.Contains(out, `"netns": "somens"`) {
+		t.Fatalf("json:\n%s", out)
+	}
+	c.ok("-oper", "detach", "-construct", "endpoint", "-netns", "somens", "tenant1-net1-ep1")
+	c.ok("-oper", "delete", "-construct", "endpoint", "tenant1-net1-ep1")
+	c.ok("-oper", "delete", "-construct", "network", "tenant1-net1")
+}
+
+func TestBadInputIsOneLineAndChangesNothing(t *testing.T) {
+	c, s := newCLI(t)
+	c.ok("-oper", "create", "-construct", "tenant", "t1")
+	c.ok("-oper", "create", "-construct", "network", "-tenant", "t1", "-subnet", "10.3.1.0/24", "-gw", "10.3.1.254", "-tag", "30", "n1")
+	c.ok("-oper", "create", "-construct", "endpoint", "-tenant", "t1", "-net-id", "n1", "-ip-address", "10.3.1.1", "-netns", "x", "e1")
+	before := dump(t, s)
+	bad := [][]string{
+		{"-oper", "create", "-construct", "network", "-tenant", "t1", "-subnet", "10.3.2.0/33", "n2"},
+		{"-oper", "create", "-construct", "network", "-tenant", "t1", "-subnet", "10.3.2.0/24", "-gw", "10.3.3.1", "n2"},
+		{"-oper", "create", "-construct", "network", "-tenant", "t1", "-subnet", "10.3.2.0/24", "-tag", "5000", "n2"},
+		{"-oper", "create", "-construct", "network", "-tenant", "t1", "-subnet", "10.3.2.0/24", "-tag", "30", "n2"},
+		{"-oper", "create", "-construct", "network", "-tenant", "t1", "-subnet", "10.3.9.0/24", "n1"},
+		{"-oper", "create", "-construct", "tenant", "t1"},
+		{"-oper", "create", "-construct", "endpoint", "-tenant", "t1", "-net-id", "n1", "e1"},
+		{"-oper", "create", "-construct", "endpoint", "-tenant", "t1", "-net-id", "n1", "-ip-address", "10.9.9.9", "e2"},
+		{"-oper", "create", "-construct", "endpoint", "-tenant", "t1", "-net-id", "n1", "-ip-address", "10.3.1.1", "e2"},
+		{"-oper", "create", "-construct", "network", "-tenant", "nope", "-subnet", "10.3.2.0/24", "n2"},
+		{"-oper", "create", "-construct", "endpoint", "-tenant", "t1", "-net-id", "nope", "e2"},
+		{"-oper", "delete", "-construct", "endpoint", "-tenant", "t1", "nope"},
+		{"-oper", "attach", "-construct", "endpoint", "-tenant", "t1", "-netns", "y", "e1"},
+		{"-oper", "detach", "-construct", "endpoint", "-tenant", "t1", "-container-id", "other", "e1"},
+		{"-oper", "delete", "-construct", "network", "-tenant", "t1", "n1"},
+		{"-oper", "attach", "-construct", "endpoint", "-tenant", "t1", "-container-id", "no-such-container", "-docker-socket", "/nonexistent.sock", "e1"},
+		{"-oper", "frobnicate", "-construct", "endpoint", "e1"},
+		{"-cfg", "/nonexistent.json"},
+	}
+	for _, args := range bad {
+		out, errOut, err := c.run(args...)
+		if err == nil {
+			t.Fatalf("netdcli %s succeeded:\n%s", strings.Join(args, " "), out)
+		}
+		if lines := strings.Count(strings.TrimSpace(errOut), "\n"); lines != 0 || !strings.HasPrefix(errOut, "netdcli: ") {
+			t.Fatalf("netdcli %s: want one 'netdcli: ...' line on stderr, got %q", strings.Join(args, " "), errOut)
+		}
+		if after := dump(t, s); after != before {
+			t.Fatalf("netdcli %s changed the store", strings.Join(args, " "))
+		}
+	}
+}
+
+func TestEtcdUnreachableFailsFast(t *testing.T) {
+	c := &runner{t: t, url: fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))}
+	start := time.Now()
+	_, errOut, err := c.run("-oper", "get", "-construct", "network")
+	if err == nil || !strings.Contains(errOut, "etcd") {
+		t.Fatalf("want an etcd error, got %v %q", err, errOut)
+	}
+	if d := time.Since(start); d > 6*time.Second {
+		t.Fatalf("took %s", d)
+	}
+}
+
+func TestEightProcessesAllocateDistinctIPs(t *testing.T) {
+	c, s := newCLI(t)
+	c.ok("-oper", "create", "-construct", "network", "-subnet", "10.4.0.0/22", "big")
+	var wg sync.WaitGroup
+	errs := make(chan error, 400)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				if _, errOut, err := c.run("-oper", "create", "-construct", "endpoint", "-net-id", "big", fmt.Sprintf("w%d-%d", w, i)); err != nil {
+					errs <- fmt.Errorf("%v: %s", err, errOut)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	eps, err := s.Endpoints(context.Background(), "default", "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips := map[string]bool{}
+	for _, e := range eps {
+		ips[e.IP] = true
+	}
+	if len(eps) != 400 || len(ips) != 400 {
+		t.Fatalf("%d endpoints with %d distinct IPs, want 400 and 400", len(eps), len(ips))
+	}
+}
+
+func TestCfgApply(t *testing.T) {
+	c, s := newCLI(t)
+	doc := filepath.Join(t.TempDir(), "doc.json")
+	if err := os.WriteFile(doc, []byte(`{"tenants":[{"name":"blue","networks":[{"name":"web","subnet":"10.5.0.0/24",
+	  "endpoints":[{"name":"a","netns":"nsa"},{"name":"b"}]}]}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := c.ok("-cfg", doc); !strings.Contains(out, "4 created") {
+		t.Fatalf("apply: %s", out)
+	}
+	before := dump(t, s)
+	cmd := exec.Command(bin, "-etcd-url", c.url, "-cfg", "-")
+	cmd.Stdin = strings.NewReader(`{"tenants":[{"name":"blue","networks":[{"name":"web","subnet":"10.6.0.0/24"}]}]}`)
+	if out, err := cmd.CombinedOutput(); err == nil {
+		t.Fatalf("changing a subnet was accepted: %s", out)
+	}
+	if dump(t, s) != before {
+		t.Fatal("rejected document changed the store")
+	}
+	out := c.ok("-oper", "get", "-construct", "endpoint", "-tenant", "blue")
+	if !strings.Contains(out, "netns:nsa") || !strings.Contains(out, "10.5.0.2") {
+		t.Fatalf("get:\n%s", out)
+	}
+}
