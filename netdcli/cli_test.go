@@ -216,3 +216,24 @@ func TestCfgApply(t *testing.T) {
 		t.Fatalf("get:\n%s", out)
 	}
 }
+
+// TestTenantInferredFromUniqueName runs the by-hand sequence: the network
+// is made with -tenant, the endpoint commands name no tenant.
+func TestTenantInferredFromUniqueName(t *testing.T) {
+	c, _ := newCLI(t)
+	c.ok("-oper", "create", "-construct", "tenant", "tenant1")
+	c.ok("-oper", "create", "-construct", "network", "-tenant", "tenant1", "-subnet", "10.11.1.0/24", "-gw", "10.11.1.254", "tenant1-net1")
+	c.ok("-oper", "create", "-construct", "endpoint", "-net-id", "tenant1-net1", "-tag", "12", "-ip-address=10.11.1.1", "tenant1-net1-ep1")
+	out := c.ok("-oper", "get", "-construct", "endpoint", "tenant1-net1-ep1")
+	if !strings.Contains(out, "tenant1 ") || !strings.Contains(out, "10.11.1.1") {
+		t.Fatalf("get:\n%s", out)
+	}
+	// The same name in two tenants is ambiguous without -tenant.
+	c.ok("-oper", "create", "-construct", "tenant", "tenant2")
+	c.ok("-oper", "create", "-construct", "network", "-tenant", "tenant2", "-subnet", "10.11.1.0/24", "tenant1-net1")
+	c.ok("-oper", "create", "-construct", "endpoint", "-tenant", "tenant2", "-net-id", "tenant1-net1", "tenant1-net1-ep1")
+	if _, errOut, err := c.run("-oper", "delete", "-construct", "endpoint", "tenant1-net1-ep1"); err == nil || !strings.Contains(errOut, "give -tenant") {
+		t.Fatalf("ambiguous name accepted: %v %s", err, errOut)
+	}
+	c.ok("-oper", "delete", "-construct", "endpoint", "-tenant", "tenant1", "tenant1-net1-ep1")
+}

@@ -132,6 +132,52 @@ func (m *command) containerCheck(ctx context.Context, idOrName, epHost string) (
 	return ctr.ID, nil
 }
 
+// tenantOf returns the tenant a command means. -tenant wins; without it a name
+// that exists in the default tenant is taken from there, and one that exists in
+// exactly one other tenant from that tenant, so that
+// `netdcli -oper attach -construct endpoint ... NAME` works as in the seed
+// without repeating the tenant of a network created with -tenant.
+func (m *command) tenantOf(ctx context.Context, kind, name string) (string, error) {
+	if m.c.IsSet("tenant") || name == "" {
+		return m.c.String("tenant"), nil
+	}
+	var found []string
+	switch kind {
+	case "network":
+		ns, err := m.s.Networks(ctx, "")
+		if err != nil {
+			return "", err
+		}
+		for _, n := range ns {
+			if n.Name == name {
+				found = append(found, n.Tenant)
+			}
+		}
+	default:
+		eps, err := m.s.Endpoints(ctx, "", "")
+		if err != nil {
+			return "", err
+		}
+		for _, e := range eps {
+			if e.Name == name {
+				found = append(found, e.Tenant)
+			}
+		}
+	}
+	for _, t := range found {
+		if t == core.DefaultTenant {
+			return t, nil
+		}
+	}
+	switch len(found) {
+	case 0:
+		return core.DefaultTenant, nil // the lookup itself reports "unknown ..."
+	case 1:
+		return found[0], nil
+	}
+	return "", fmt.Errorf("%w: %s %q exists in tenants %s; give -tenant", core.ErrInvalid, kind, name, strings.Join(found, ", "))
+}
+
 func (m *command) applyFile(ctx context.Context, f string, in io.Reader) error {
 	r := in
 	if f != "-" {
@@ -219,7 +265,11 @@ func (m *command) createNetwork(ctx context.Context) error {
 
 func (m *command) getNetworks(ctx context.Context) error {
 	if m.name != "" {
-		n, _, err := m.s.GetNetwork(ctx, m.c.String("tenant"), m.name)
+		tenant, err := m.tenantOf(ctx, "network", m.name)
+		if err != nil {
+			return err
+		}
+		n, _, err := m.s.GetNetwork(ctx, tenant, m.name)
 		if err != nil {
 			return err
 		}
@@ -237,7 +287,11 @@ func (m *command) getNetworks(ctx context.Context) error {
 }
 
 func (m *command) deleteNetwork(ctx context.Context) error {
-	return m.s.DeleteNetwork(ctx, m.c.String("tenant"), m.name)
+	tenant, err := m.tenantOf(ctx, "network", m.name)
+	if err != nil {
+		return err
+	}
+	return m.s.DeleteNetwork(ctx, tenant, m.name)
 }
 
 func (m *command) createEndpoint(ctx context.Context) error {
@@ -245,7 +299,11 @@ func (m *command) createEndpoint(ctx context.Context) error {
 	if ip == "auto" {
 		ip = ""
 	}
-	ep := core.Endpoint{Tenant: m.c.String("tenant"), Network: m.c.String("net-id"), Name: m.name, IP: ip,
+	tenant, err := m.tenantOf(ctx, "network", m.c.String("net-id"))
+	if err != nil {
+		return err
+	}
+	ep := core.Endpoint{Tenant: tenant, Network: m.c.String("net-id"), Name: m.name, IP: ip,
 		MAC: m.c.String("mac"), Host: m.c.String("host"), NetNS: m.c.String("netns")}
 	if ref := m.c.String("container-id"); ref != "" {
 		id, err := m.containerCheck(ctx, ref, ep.Host)
@@ -257,7 +315,7 @@ func (m *command) createEndpoint(ctx context.Context) error {
 	if ep.ContainerID != "" && ep.NetNS != "" {
 		return fmt.Errorf("%w: give -container-id or -netns, not both", core.ErrInvalid)
 	}
-	ep, err := m.s.CreateEndpoint(ctx, ep, m.c.Int("tag"))
+	ep, err = m.s.CreateEndpoint(ctx, ep, m.c.Int("tag"))
 	if err != nil {
 		return err
 	}
@@ -266,7 +324,11 @@ func (m *command) createEndpoint(ctx context.Context) error {
 
 func (m *command) getEndpoints(ctx context.Context) error {
 	if m.name != "" {
-		ep, _, err := m.s.GetEndpoint(ctx, m.c.String("tenant"), m.name)
+		tenant, err := m.tenantOf(ctx, "endpoint", m.name)
+		if err != nil {
+			return err
+		}
+		ep, _, err := m.s.GetEndpoint(ctx, tenant, m.name)
 		if err != nil {
 			return err
 		}
@@ -284,11 +346,19 @@ func (m *command) getEndpoints(ctx context.Context) error {
 }
 
 func (m *command) deleteEndpoint(ctx context.Context) error {
-	return m.s.DeleteEndpoint(ctx, m.c.String("tenant"), m.name)
+	tenant, err := m.tenantOf(ctx, "endpoint", m.name)
+	if err != nil {
+		return err
+	}
+	return m.s.DeleteEndpoint(ctx, tenant, m.name)
 }
 
 func (m *command) attach(ctx context.Context) error {
-	ep, _, err := m.s.GetEndpoint(ctx, m.c.String("tenant"), m.name)
+	tenant, err := m.tenantOf(ctx, "endpoint", m.name)
+	if err != nil {
+		return err
+	}
+	ep, _, err := m.s.GetEndpoint(ctx, tenant, m.name)
 	if err != nil {
 		return err
 	}
@@ -306,7 +376,7 @@ func (m *command) attach(ctx context.Context) error {
 	if a.ContainerID, err = m.containerCheck(ctx, a.ContainerName, host); err != nil {
 		return err
 	}
-	ep, err = m.s.Attach(ctx, m.c.String("tenant"), m.name, a)
+	ep, err = m.s.Attach(ctx, tenant, m.name, a)
 	if err != nil {
 		return err
 	}
@@ -318,7 +388,11 @@ func (m *command) detach(ctx context.Context) error {
 	if ref == "" {
 		ref = m.c.String("netns")
 	}
-	ep, err := m.s.Detach(ctx, m.c.String("tenant"), m.name, ref)
+	tenant, err := m.tenantOf(ctx, "endpoint", m.name)
+	if err != nil {
+		return err
+	}
+	ep, err := m.s.Detach(ctx, tenant, m.name, ref)
 	if err != nil {
 		return err
 	}
