@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
 
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/drivers/linuxbridge"
@@ -67,7 +68,11 @@ func run(c *cli.Context) error {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("data dir: %w", err)
 		}
-		e, err := state.StartEmbedded(ctx, state.EmbeddedConfig{DataDir: dir,
+		zl, err := zap.NewProduction(zap.IncreaseLevel(zap.ErrorLevel))
+		if err != nil {
+			return fmt.Errorf("etcd logger: %w", err)
+		}
+		e, err := state.StartEmbedded(ctx, state.EmbeddedConfig{DataDir: dir, Logger: zl,
 			ClientURL: c.String("etcd-client-url"), PeerURL: c.String("etcd-peer-url")})
 		if err != nil {
 			return err

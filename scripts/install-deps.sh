@@ -9,6 +9,7 @@ export PATH="$PATH:/usr/local/go/bin:/usr/local/sbin:/usr/sbin:/sbin"
 need=()
 want() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
 want ip iproute2
+want curl curl
 want ping iputils-ping
 want dockerd docker.io
 want busybox busybox-static

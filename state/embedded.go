@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 )
 
 // EmbeddedConfig says where a single-host etcd listens and keeps its data.
@@ -15,6 +16,8 @@ type EmbeddedConfig struct {
 	ClientURL string // e.g. http://127.0.0.1:2379
 	PeerURL   string // e.g. http://127.0.0.1:2380
 	Name      string
+	// Logger receives etcd's own log; nil silences it (tests, benchmarks).
+	Logger *zap.Logger
 }
 
 // Embedded is an etcd server running inside this process.
@@ -43,6 +46,11 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = cfg.Name + "=" + pu.String()
 	cfg.LogLevel = "error"
+	logger := c.Logger
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(logger)
 	// Bulk -cfg applies batch many keys per transaction; allow more than a
 	// cluster's default 128 here, while the client keeps its batches under 128
 	// so that it works against default clusters too.
