@@ -134,6 +134,9 @@ func statusText(v endpointView) string {
 		if st.Error != "" {
 			s += ": " + st.Error
 		}
+		if !v.Attached() || h != v.Host {
+			s += " (being removed)" // the host has not caught up with a detach or move yet
+		}
 		parts = append(parts, s)
 	}
 	return strings.Join(parts, ", ")

@@ -97,9 +97,10 @@ func run(c *cli.Context) error {
 		}
 	}
 	metrics := agent.NewMetrics()
+	dk := docker.New(c.String("docker-socket"))
 	a := agent.New(agent.Config{
 		Host: c.String("host-label"), Store: store, Drivers: drivers,
-		Containers: docker.New(c.String("docker-socket")),
+		Containers: dk,
 		Resync:     c.Duration("resync"), Workers: c.Int("workers"), Log: log, Metrics: metrics,
 	})
 	if addr := c.String("listen"); addr != "" {
@@ -111,6 +112,7 @@ func run(c *cli.Context) error {
 		}()
 		defer srv.Close()
 	}
+	go pokeOnContainerEvents(ctx, dk, a, log)
 	log.WithFields(logrus.Fields{"host": c.String("host-label"), "etcd": strings.Join(endpoints, ",")}).Info("agent running")
 	return a.Run(ctx)
 }
@@ -142,4 +144,33 @@ func handler(a *agent.Agent, m *agent.Metrics) http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
+}
+
+// pokeOnContainerEvents makes the agent sync as soon as a container starts or
+// dies (a restarted container has a new namespace to plug into) instead of at
+// the next resync. Without Docker it keeps retrying quietly: the resync still
+// covers everything.
+func pokeOnContainerEvents(ctx context.Context, dk *docker.Client, a *agent.Agent, log *logrus.Entry) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		stream, err := dk.Events(ctx, docker.EventFilter{Actions: []string{docker.ActionStart, docker.ActionDie}})
+		if err == nil {
+			backoff = time.Second
+			a.Poke() // events may have been missed while not subscribed
+			for range stream.C {
+				a.Poke()
+			}
+			err = stream.Err()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.WithError(err).Debug("docker events unavailable; relying on resync")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
 }
