@@ -27,7 +27,7 @@ type agentProc struct {
 func (b *bench) startAgent(etcdURL, listen, host string, extra ...string) (*agentProc, error) {
 	a := &agentProc{}
 	args := append([]string{"--etcd-endpoints", etcdURL, "--host-label", host, "--listen", listen,
-		"--resync", "60s"}, extra...)
+		"--resync", "60s", "--docker-plugin", ""}, extra...)
 	a.cmd = exec.Command(b.netplugin, args...)
 	a.cmd.Stdout, a.cmd.Stderr = &a.log, &a.log
 	if err := a.cmd.Start(); err != nil {

@@ -77,3 +77,20 @@ type Peer struct {
 type PeerAware interface {
 	SetPeers(ctx context.Context, peers []Peer) error
 }
+
+// HandOff is implemented by drivers that can leave an endpoint's container-side
+// link in the host namespace for a runtime that moves it into the sandbox itself
+// (Docker's Join returns a link name; Docker moves, renames and addresses it).
+// The host side is programmed and marked exactly as EnsureEndpoint would, so the
+// agent later observes the endpoint as healthy and leaves it alone.
+type HandOff interface {
+	PrepareHandOff(ctx context.Context, ep EndpointSpec) (ifName string, err error)
+}
+
+// SandboxNetNSID identifies a Docker sandbox by its key path: Docker calls Join
+// before the sandbox's namespace exists (it is bound there when the container
+// starts), so its inode cannot be the identity, and the path is unique per sandbox.
+func SandboxNetNSID(path string) string { return "sandbox:" + path }
+
+// HandOffIfName is the temporary host-namespace name of a handed-off link.
+func HandOffIfName(epKey string) string { return "nq" + Short(epKey) }

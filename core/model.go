@@ -52,6 +52,9 @@ type Network struct {
 	Gateway string `json:"gateway,omitempty"` // plain IP inside Subnet
 	// Options are driver settings (parent interface, mode, ...).
 	Options map[string]string `json:"options,omitempty"`
+	// CreatedBy is "docker" for networks made by `docker network create`; they
+	// are deleted with their last Docker network.
+	CreatedBy string `json:"createdBy,omitempty"`
 }
 
 // Key is the network's identity: tenant/name.
@@ -71,6 +74,9 @@ type Endpoint struct {
 	// path) says where the endpoint is plugged in. Both empty: reserved, not attached.
 	ContainerID string `json:"containerId,omitempty"`
 	NetNS       string `json:"netns,omitempty"`
+	// DockerEndpoint is the Docker endpoint ID of endpoints made through the
+	// Docker plugin; their lifetime is Docker's to decide.
+	DockerEndpoint string `json:"dockerEndpoint,omitempty"`
 }
 
 // NetworkKey is the key of the endpoint's network.

@@ -56,7 +56,7 @@ func newDaemon(t *testing.T, host string, extra ...string) *daemon {
 		listen:  fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))}
 	d.args = append([]string{"--data-dir", t.TempDir(), "--etcd-client-url", d.etcdURL,
 		"--etcd-peer-url", fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t)),
-		"--host-label", host, "--listen", d.listen, "--resync", "1s"}, extra...)
+		"--host-label", host, "--listen", d.listen, "--resync", "1s", "--docker-plugin", ""}, extra...)
 	t.Cleanup(func() {
 		d.stop(syscall.SIGTERM)
 		if t.Failed() {

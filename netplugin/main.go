@@ -23,6 +23,7 @@ import (
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/drivers/linuxbridge"
 	"github.com/netplugin/netplugin/internal/docker"
+	"github.com/netplugin/netplugin/mgmtfn"
 	"github.com/netplugin/netplugin/netplugin/agent"
 	"github.com/netplugin/netplugin/state"
 )
@@ -40,6 +41,8 @@ func main() {
 			&cli.StringFlag{Name: "host-label", Value: host, Usage: "this host's name in endpoint specs"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:9090", Usage: "health and Prometheus metrics address; empty: off"},
 			&cli.StringFlag{Name: "docker-socket", Value: "/var/run/docker.sock", Usage: "Docker Engine API socket, to find containers' namespaces"},
+			&cli.StringFlag{Name: "docker-plugin", Value: "netplugin", Usage: "name of the Docker network and IPAM driver served (-d NAME --ipam-driver NAME); empty: none"},
+			&cli.StringFlag{Name: "docker-plugin-dir", Value: mgmtfn.DefaultSocketDir, Usage: "where Docker looks for plugin sockets"},
 			&cli.StringSliceFlag{Name: "drivers", Value: cli.NewStringSlice(linuxbridge.Name), Usage: "drivers to enable"},
 			&cli.DurationFlag{Name: "resync", Value: 10 * time.Second, Usage: "full resync period"},
 			&cli.IntFlag{Name: "workers", Value: 4, Usage: "endpoints programmed in parallel"},
@@ -113,6 +116,15 @@ func run(c *cli.Context) error {
 		defer srv.Close()
 	}
 	go pokeOnContainerEvents(ctx, dk, a, log)
+	if name := c.String("docker-plugin"); name != "" {
+		p := mgmtfn.New(mgmtfn.Config{Name: name, SocketDir: c.String("docker-plugin-dir"), Host: c.String("host-label"),
+			Store: store, Drivers: drivers, Agent: a, Docker: dk, GCPeriod: c.Duration("resync"), Log: log})
+		go func() {
+			if err := p.Serve(ctx); err != nil {
+				log.WithError(err).Error("Docker plugin stopped")
+			}
+		}()
+	}
 	log.WithFields(logrus.Fields{"host": c.String("host-label"), "etcd": strings.Join(endpoints, ",")}).Info("agent running")
 	return a.Run(ctx)
 }

@@ -38,7 +38,7 @@ CTRD_SOCK=$DIR/containerd/containerd.sock
 [ ${#CTRD_SOCK} -lt 102 ] || die "DIR too long for unix sockets (${#CTRD_SOCK}+6 bytes >= 108): pick a shorter DIR"
 mkdir -p "$DIR"
 
-cli() { docker -H "unix://$SOCK" "$@"; }
+cli() { /usr/bin/docker -H "unix://$SOCK" "$@"; }
 
 # --- packages -----------------------------------------------------------
 install_missing() {

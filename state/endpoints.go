@@ -207,19 +207,35 @@ func (s *Store) Endpoints(ctx context.Context, tenant, network string) ([]core.E
 
 // DeleteEndpoint removes an endpoint and releases its IP in one transaction.
 func (s *Store) DeleteEndpoint(ctx context.Context, tenant, name string) error {
+	_, err := s.DeleteEndpointRev(ctx, tenant, name)
+	return err
+}
+
+// DeleteEndpointRev is DeleteEndpoint returning the revision of the delete.
+func (s *Store) DeleteEndpointRev(ctx context.Context, tenant, name string) (int64, error) {
 	ep, rev, err := s.GetEndpoint(ctx, tenant, name)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	r, err := s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)},
 		clientv3.OpDelete(endpointKey(ep.Tenant, ep.Name)), clientv3.OpDelete(ipKey(ep.Tenant, ep.Network, ep.IP)))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if !r.Succeeded {
-		return fmt.Errorf("endpoint %s changed concurrently; try again", ep.Key())
+		return 0, fmt.Errorf("endpoint %s changed concurrently; try again", ep.Key())
 	}
-	return nil
+	return r.Header.Revision, nil
+}
+
+// IPOwner returns the value of an address's allocation: an endpoint name, a
+// pending IPAM reservation, or "" when the address is free.
+func (s *Store) IPOwner(ctx context.Context, tenant, network, ip string) (string, error) {
+	r, err := s.get(ctx, ipKey(tenant, network, ip))
+	if err != nil || len(r.Kvs) == 0 {
+		return "", err
+	}
+	return string(r.Kvs[0].Value), nil
 }
 
 // Attachment says where to plug an endpoint in.

@@ -3,6 +3,7 @@ package state
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -26,11 +27,14 @@ type Cache struct {
 	rev    int64
 	synced bool
 	ready  chan struct{}
+	// changed is closed and replaced on every update, waking WaitRev.
+	changed chan struct{}
 }
 
 // NewCache returns a cache of prefix; poke is called (non-blocking) after every change.
 func NewCache(cli *clientv3.Client, prefix string, poke func(), log *logrus.Entry) *Cache {
-	return &Cache{cli: cli, prefix: prefix, log: log, poke: poke, kvs: map[string][]byte{}, ready: make(chan struct{})}
+	return &Cache{cli: cli, prefix: prefix, log: log, poke: poke, kvs: map[string][]byte{}, ready: make(chan struct{}),
+		changed: make(chan struct{})}
 }
 
 // Ready is closed after the first complete list.
@@ -45,6 +49,30 @@ func (c *Cache) Snapshot() (map[string][]byte, int64) {
 		out[k] = v
 	}
 	return out, c.rev
+}
+
+// WaitRev waits until the mirror reflects revision rev (or later): a writer that
+// must not race the mirror's owner waits for its own write to arrive.
+func (c *Cache) WaitRev(ctx context.Context, rev int64) error {
+	for {
+		c.mu.RLock()
+		cur, ch := c.rev, c.changed
+		c.mu.RUnlock()
+		if cur >= rev {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for revision %d (mirror at %d): %w", rev, cur, ctx.Err())
+		}
+	}
+}
+
+// bump wakes waiters; c.mu must be held.
+func (c *Cache) bump() {
+	close(c.changed)
+	c.changed = make(chan struct{})
 }
 
 // Run keeps the mirror until ctx ends.
@@ -80,6 +108,7 @@ func (c *Cache) listAndWatch(ctx context.Context) error {
 	}
 	c.mu.Lock()
 	c.kvs, c.rev = fresh, r.Header.Revision
+	c.bump()
 	if !c.synced {
 		c.synced = true
 		close(c.ready)
@@ -105,6 +134,7 @@ func (c *Cache) listAndWatch(ctx context.Context) error {
 			}
 		}
 		c.rev = resp.Header.Revision
+		c.bump()
 		c.mu.Unlock()
 		if len(resp.Events) > 0 {
 			c.poke()

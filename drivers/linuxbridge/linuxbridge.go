@@ -34,7 +34,10 @@ type Driver struct {
 	sysctlRoot string
 }
 
-var _ core.Driver = (*Driver)(nil)
+var (
+	_ core.Driver  = (*Driver)(nil)
+	_ core.HandOff = (*Driver)(nil)
+)
 
 // New returns the driver.
 func New(log *logrus.Entry) *Driver {
@@ -172,8 +175,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 		return obs, fmt.Errorf("MAC of %s: %w", ep.Key(), err)
 	}
 	veth := &netlink.Veth{
-		LinkAttrs: netlink.LinkAttrs{Name: hostName, MasterIndex: br.Attrs().Index, Flags: net.FlagUp,
-			Alias: nl.Alias(kindEP, fp, brName, ep.Key())},
+		LinkAttrs:        netlink.LinkAttrs{Name: hostName, MasterIndex: br.Attrs().Index, Flags: net.FlagUp},
 		PeerName:         ifName,
 		PeerNamespace:    netlink.NsFd(int(ns)),
 		PeerHardwareAddr: mac,
@@ -191,10 +193,9 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	if err != nil {
 		return obs, fmt.Errorf("find %s: %w", hostName, err)
 	}
-	if host.Attrs().Alias == "" { // older kernels ignore IFLA_IFALIAS on create
-		if err := netlink.LinkSetAlias(host, veth.Alias); err != nil {
-			return obs, fmt.Errorf("mark %s: %w", hostName, err)
-		}
+	// The kernel ignores an alias given at creation: set it now.
+	if err := netlink.LinkSetAlias(host, nl.Alias(kindEP, fp, brName, ep.Key())); err != nil {
+		return obs, fmt.Errorf("mark %s: %w", hostName, err)
 	}
 	peer, err := h.LinkByName(ifName)
 	if err != nil {
@@ -209,6 +210,48 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	obs.IfIndex, obs.Healthy = host.Attrs().Index, true
 	d.log.WithFields(logrus.Fields{"ep": ep.Key(), "link": hostName, "ifname": ifName, "ip": ep.IP}).Debug("endpoint plugged")
 	return obs, nil
+}
+
+// PrepareHandOff creates the endpoint's veth with both ends in the host
+// namespace, the container end named core.HandOffIfName, for Docker to move into
+// the sandbox. A repeated call for a link that is still in the host finds it.
+func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (string, error) {
+	hostName, peerName := core.HostIfName(ep.Key()), core.HandOffIfName(ep.Key())
+	brName := core.BridgeName(ep.Net.Key())
+	fp := ep.Fingerprint()
+	if link, err := netlink.LinkByName(hostName); err == nil {
+		f, ok := nl.ParseAlias(link.Attrs().Alias, kindEP, 3)
+		if !ok {
+			return "", fmt.Errorf("%w: link %s exists but is not netplugin's; not touching it", core.ErrInUse, hostName)
+		}
+		if _, perr := netlink.LinkByName(peerName); perr == nil && f[0] == fp {
+			return peerName, nil
+		}
+		if err := netlink.LinkDel(link); err != nil && !nl.IsNotFound(err) {
+			return "", fmt.Errorf("remove outdated %s: %w", hostName, err)
+		}
+	}
+	br, err := netlink.LinkByName(brName)
+	if err != nil {
+		return "", fmt.Errorf("bridge %s of network %s: %w", brName, ep.Net.Key(), err)
+	}
+	mac, err := net.ParseMAC(ep.MAC)
+	if err != nil {
+		return "", fmt.Errorf("MAC of %s: %w", ep.Key(), err)
+	}
+	veth := &netlink.Veth{
+		LinkAttrs:        netlink.LinkAttrs{Name: hostName, MasterIndex: br.Attrs().Index, Flags: net.FlagUp},
+		PeerName:         peerName,
+		PeerHardwareAddr: mac,
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return "", fmt.Errorf("create veth %s/%s for %s: %w", hostName, peerName, ep.Key(), err)
+	}
+	if err := netlink.LinkSetAlias(veth, nl.Alias(kindEP, fp, brName, ep.Key())); err != nil {
+		_ = netlink.LinkDel(veth)
+		return "", fmt.Errorf("mark %s: %w", hostName, err)
+	}
+	return peerName, nil
 }
 
 // RemoveEndpoint deletes the host end of the veth; the kernel removes the peer.

@@ -289,6 +289,13 @@ func withSbin(path string) string {
 
 // lookBin finds a binary in PATH or the sbin/bin directories.
 func lookBin(name string) (string, error) {
+	// Debian's docker.io CLI matches its dockerd (API 1.41); a newer CLI earlier
+	// in PATH refuses options such as --mac-address at that API version.
+	if name == "docker" {
+		if st, err := os.Stat("/usr/bin/docker"); err == nil && st.Mode()&0o111 != 0 {
+			return "/usr/bin/docker", nil
+		}
+	}
 	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}

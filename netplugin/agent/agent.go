@@ -56,6 +56,10 @@ type Agent struct {
 	// resolved caches container -> namespace; revalidated by stat on every use.
 	resolved map[string]resolvedNS
 
+	// syncMu serialises syncs with Exclusive callers (the Docker plugin), which
+	// program links the agent must not see half-made.
+	syncMu sync.Mutex
+
 	lastGood atomic.Int64 // unix nanos of the last successful sync
 	synced   atomic.Int64 // number of completed syncs, for tests
 }
@@ -179,8 +183,24 @@ func (a *Agent) loop(ctx context.Context, sess *state.HostSession) error {
 	}
 }
 
+// Exclusive runs fn while no sync runs. fn returns the etcd revision of the
+// desired state it wrote (0: none); Exclusive returns only once the agent's
+// mirror has it, so that the next sync sees the links fn made as desired rather
+// than as stale ones to remove.
+func (a *Agent) Exclusive(ctx context.Context, fn func(context.Context) (int64, error)) error {
+	a.syncMu.Lock()
+	defer a.syncMu.Unlock()
+	rev, err := fn(ctx)
+	if err != nil || rev == 0 {
+		return err
+	}
+	return a.cache.WaitRev(ctx, rev)
+}
+
 // SyncOnce observes, reconciles and applies once, then writes status.
 func (a *Agent) SyncOnce(ctx context.Context, sess *state.HostSession) error {
+	a.syncMu.Lock()
+	defer a.syncMu.Unlock()
 	kvs, _ := a.cache.Snapshot()
 	nets, eps, err := state.DecodeConfig(kvs)
 	if err != nil {
@@ -387,6 +407,10 @@ func parallel[T any](ctx context.Context, n int, items []T, f func(T) error) []e
 
 // resolve finds the namespace of an endpoint and its identity (device:inode).
 func (a *Agent) resolve(ctx context.Context, ep core.Endpoint) (string, string, error) {
+	if ep.DockerEndpoint != "" {
+		// Docker owns the sandbox's lifetime; see core.SandboxNetNSID.
+		return ep.NetNS, core.SandboxNetNSID(ep.NetNS), nil
+	}
 	if ep.NetNS != "" {
 		path := ep.NetNS
 		if !strings.HasPrefix(path, "/") {

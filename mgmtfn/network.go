@@ -1,0 +1,297 @@
+package mgmtfn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/netplugin/netplugin/core"
+	"github.com/netplugin/netplugin/state"
+)
+
+// Docker option keys (docker network create -o KEY=VALUE).
+const (
+	optTenant  = "tenant"
+	optNetwork = "network"
+	optTag     = "tag"
+	optTagType = "tag-type"
+	optDriver  = "driver"
+)
+
+// driverOptions are the -o keys passed to the network's driver as its options.
+func driverOptions() []string { return []string{"parent", "mode", "mac", "nic", "vlan"} }
+
+func (p *Plugin) networkRoutes(m *http.ServeMux) {
+	m.HandleFunc("/NetworkDriver.GetCapabilities", handle(p, "GetCapabilities", func(context.Context, *empty) (*network.CapabilitiesResponse, error) {
+		// Scope local: Docker 20.10 without a cluster store cannot keep global
+		// networks; netplugin itself connects the hosts.
+		return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.GlobalScope}, nil
+	}))
+	m.HandleFunc("/NetworkDriver.CreateNetwork", handle(p, "CreateNetwork", p.createNetwork))
+	m.HandleFunc("/NetworkDriver.DeleteNetwork", handle(p, "DeleteNetwork", p.deleteNetwork))
+	m.HandleFunc("/NetworkDriver.CreateEndpoint", handle(p, "CreateEndpoint", p.createEndpoint))
+	m.HandleFunc("/NetworkDriver.DeleteEndpoint", handle(p, "DeleteEndpoint", p.deleteEndpoint))
+	m.HandleFunc("/NetworkDriver.EndpointOperInfo", handle(p, "EndpointOperInfo", p.endpointInfo))
+	m.HandleFunc("/NetworkDriver.Join", handle(p, "Join", p.join))
+	m.HandleFunc("/NetworkDriver.Leave", handle(p, "Leave", func(context.Context, *network.LeaveRequest) (*empty, error) {
+		// Docker moves the link back to the host after Leave; DeleteEndpoint removes it.
+		return nil, nil
+	}))
+	// The helpers' types have every call; these have nothing to do here but must
+	// succeed (a registered path never gets Docker's 404-means-fine fallback).
+	for _, path := range []string{"AllocateNetwork", "FreeNetwork", "DiscoverNew", "DiscoverDelete",
+		"ProgramExternalConnectivity", "RevokeExternalConnectivity"} {
+		m.HandleFunc("/NetworkDriver."+path, handle(p, path, func(context.Context, *map[string]any) (*empty, error) { return nil, nil }))
+	}
+}
+
+// parseOptions reads `-o` values into the network Docker asks for.
+func parseOptions(opts map[string]any) (core.Network, error) {
+	var n core.Network
+	if v, ok := opts["com.docker.network.enable_ipv6"].(bool); ok && v {
+		return n, fmt.Errorf("%w: IPv6 is not supported", core.ErrInvalid)
+	}
+	generic, _ := opts["com.docker.network.generic"].(map[string]any)
+	keys := make([]string, 0, len(generic))
+	for k := range generic {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := fmt.Sprint(generic[k])
+		switch k {
+		case optTenant:
+			n.Tenant = v
+		case optNetwork:
+			n.Name = v
+		case optTag:
+			tag, err := strconv.Atoi(v)
+			if err != nil {
+				return n, fmt.Errorf("%w: -o tag=%q: want a number", core.ErrInvalid, v)
+			}
+			n.Tag = tag
+		case optTagType:
+			n.Encap = v
+		case optDriver:
+			n.Driver = v
+		default:
+			if !contains(driverOptions(), k) {
+				return n, fmt.Errorf("%w: unknown option -o %s (valid: tenant, network, tag, tag-type, driver, %s)", core.ErrInvalid, k, strings.Join(driverOptions(), ", "))
+			}
+			if n.Options == nil {
+				n.Options = map[string]string{}
+			}
+			n.Options[k] = v
+		}
+	}
+	return n, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// plainIP strips the prefix length Docker puts on gateways and addresses.
+func plainIP(cidr string) string {
+	if ip, _, err := net.ParseCIDR(cidr); err == nil {
+		return ip.String()
+	}
+	return cidr
+}
+
+func (p *Plugin) createNetwork(ctx context.Context, req *network.CreateNetworkRequest) (*empty, error) {
+	want, err := parseOptions(req.Options)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.IPv4Data) != 1 || req.IPv4Data[0] == nil || req.IPv4Data[0].Pool == "" {
+		return nil, fmt.Errorf("%w: give one IPv4 --subnet", core.ErrInvalid)
+	}
+	if len(req.IPv6Data) > 0 {
+		return nil, fmt.Errorf("%w: IPv6 is not supported", core.ErrInvalid)
+	}
+	want.Subnet = req.IPv4Data[0].Pool
+	want.Gateway = plainIP(req.IPv4Data[0].Gateway)
+	if want.Driver == "" {
+		g, _, err := p.cfg.Store.Global(ctx)
+		if err != nil {
+			return nil, err
+		}
+		want.Driver = g.DefaultDriver
+	}
+	drv, ok := p.cfg.Drivers[want.Driver]
+	if _, handsOff := drv.(core.HandOff); !ok || !handsOff {
+		return nil, fmt.Errorf("%w: driver %q cannot serve Docker networks on host %s (have: %s)", core.ErrInvalid, want.Driver, p.cfg.Host, p.handOffDrivers())
+	}
+	dn := state.DockerNetwork{Host: p.cfg.Host, ID: req.NetworkID, Created: time.Now().UTC()}
+	for _, a := range req.IPv4Data[0].AuxAddresses {
+		dn.Aux = append(dn.Aux, plainIP(fmt.Sprint(a)))
+	}
+	n, err := p.cfg.Store.BindDockerNetwork(ctx, dn, want)
+	if err != nil {
+		return nil, err
+	}
+	p.log.WithFields(map[string]any{"docker": req.NetworkID[:12], "net": n.Key(), "subnet": n.Subnet}).Info("Docker network bound")
+	p.kickSoon()
+	return nil, nil
+}
+
+func (p *Plugin) handOffDrivers() string {
+	var names []string
+	for n, d := range p.cfg.Drivers {
+		if _, ok := d.(core.HandOff); ok {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
+
+func (p *Plugin) deleteNetwork(ctx context.Context, req *network.DeleteNetworkRequest) (*empty, error) {
+	return nil, p.cfg.Store.UnbindDockerNetwork(ctx, p.cfg.Host, req.NetworkID)
+}
+
+// endpointName names the endpoint of a Docker endpoint; 12 hex digits, as
+// Docker abbreviates its IDs.
+func endpointName(eid string) string { return eid[:min(12, len(eid))] }
+
+func (p *Plugin) logical(ctx context.Context, dockerNet string) (core.Network, error) {
+	dn, err := p.cfg.Store.DockerNetwork(ctx, p.cfg.Host, dockerNet)
+	if err != nil {
+		return core.Network{}, err
+	}
+	n, _, err := p.cfg.Store.GetNetwork(ctx, dn.Tenant, dn.Network)
+	return n, err
+}
+
+func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	n, err := p.logical(ctx, req.NetworkID)
+	if err != nil {
+		return nil, err
+	}
+	if req.Interface == nil || req.Interface.Address == "" {
+		return nil, fmt.Errorf("%w: endpoint %.12s has no IPv4 address", core.ErrInvalid, req.EndpointID)
+	}
+	ep := core.Endpoint{Tenant: n.Tenant, Network: n.Name, Name: endpointName(req.EndpointID), IP: plainIP(req.Interface.Address),
+		MAC: req.Interface.MacAddress, Host: p.cfg.Host, DockerEndpoint: req.EndpointID}
+	resp := &network.CreateEndpointResponse{Interface: &network.EndpointInterface{}}
+	if ep.MAC == "" {
+		// Only fields Docker left empty may be filled in; the MAC is ours to pick.
+		ep.MAC = state.NewMAC()
+		resp.Interface.MacAddress = ep.MAC
+	}
+	owner, err := p.cfg.Store.IPOwner(ctx, n.Tenant, n.Name, ep.IP)
+	if err != nil {
+		return nil, err
+	}
+	if state.IsPending(owner, p.cfg.Host) {
+		ep, err = p.cfg.Store.CreateEndpointReserved(ctx, ep, owner)
+	} else {
+		// Docker's own IPAM gave the address: take it like netdcli would.
+		ep, err = p.cfg.Store.CreateEndpoint(ctx, ep, 0)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if resp.Interface.MacAddress != "" {
+		resp.Interface.MacAddress = ep.MAC // a repeated call answers with the stored MAC
+	}
+	return resp, nil
+}
+
+func (p *Plugin) endpointInfo(ctx context.Context, req *network.InfoRequest) (*network.InfoResponse, error) {
+	// Never an error: Docker fails the container start on one.
+	resp := &network.InfoResponse{Value: map[string]string{}}
+	n, err := p.logical(ctx, req.NetworkID)
+	if err != nil {
+		return resp, nil
+	}
+	if ep, _, err := p.cfg.Store.GetEndpoint(ctx, n.Tenant, endpointName(req.EndpointID)); err == nil {
+		resp.Value["tenant"], resp.Value["network"], resp.Value["ip"], resp.Value["mac"] = ep.Tenant, ep.Network, ep.IP, ep.MAC
+		resp.Value["host-link"] = core.HostIfName(ep.Key())
+	}
+	return resp, nil
+}
+
+func (p *Plugin) join(ctx context.Context, req *network.JoinRequest) (*network.JoinResponse, error) {
+	n, err := p.logical(ctx, req.NetworkID)
+	if err != nil {
+		return nil, err
+	}
+	ep, _, err := p.cfg.Store.GetEndpoint(ctx, n.Tenant, endpointName(req.EndpointID))
+	if err != nil {
+		return nil, err
+	}
+	drv, ok := p.cfg.Drivers[n.Driver].(core.HandOff)
+	if !ok {
+		return nil, fmt.Errorf("%w: driver %q cannot serve Docker networks", core.ErrInvalid, n.Driver)
+	}
+	ep.NetNS = req.SandboxKey
+	spec := core.EndpointSpec{Endpoint: ep, Net: core.NetworkSpec{Network: n}, NetNSPath: req.SandboxKey,
+		NetNSID: core.SandboxNetNSID(req.SandboxKey)}
+	var src string
+	err = p.cfg.Agent.Exclusive(ctx, func(ctx context.Context) (int64, error) {
+		if err := p.cfg.Drivers[n.Driver].EnsureNetwork(ctx, spec.Net); err != nil {
+			return 0, fmt.Errorf("network %s: %w", n.Key(), err)
+		}
+		var err error
+		if src, err = drv.PrepareHandOff(ctx, spec); err != nil {
+			return 0, err
+		}
+		rev, err := p.cfg.Store.AttachNetNS(ctx, ep.Tenant, ep.Name, req.SandboxKey)
+		if err != nil {
+			_ = p.cfg.Drivers[n.Driver].RemoveEndpoint(ctx, core.ObservedEndpoint{Key: ep.Key()})
+		}
+		return rev, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	// DisableGatewayService: never let Docker add docker_gwbridge (NAT towards
+	// the host's uplink); a network without a gateway simply has no default route.
+	return &network.JoinResponse{InterfaceName: network.InterfaceName{SrcName: src, DstPrefix: "eth"},
+		Gateway: n.Gateway, DisableGatewayService: true}, nil
+}
+
+func (p *Plugin) deleteEndpoint(ctx context.Context, req *network.DeleteEndpointRequest) (*empty, error) {
+	n, err := p.logical(ctx, req.NetworkID)
+	if errors.Is(err, core.ErrNotFound) {
+		return nil, nil // Docker retries deletes; gone is gone
+	}
+	if err != nil {
+		return nil, err
+	}
+	return nil, p.removeEndpoint(ctx, n, endpointName(req.EndpointID))
+}
+
+// removeEndpoint deletes a Docker endpoint's record (releasing its IP) and its link.
+func (p *Plugin) removeEndpoint(ctx context.Context, n core.Network, name string) error {
+	return p.cfg.Agent.Exclusive(ctx, func(ctx context.Context) (int64, error) {
+		rev, err := p.cfg.Store.DeleteEndpointRev(ctx, n.Tenant, name)
+		if errors.Is(err, core.ErrNotFound) {
+			err = nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		if drv, ok := p.cfg.Drivers[n.Driver]; ok {
+			if err := drv.RemoveEndpoint(ctx, core.ObservedEndpoint{Key: n.Tenant + "/" + name}); err != nil {
+				return rev, err
+			}
+		}
+		return rev, nil
+	})
+}

@@ -1,0 +1,443 @@
+package state
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/netplugin/netplugin/core"
+)
+
+// Docker networks are host-local to Docker (scope "local"): every host that runs
+// `docker network create` gets its own Docker network ID for one logical network.
+// docker/<host>/<docker network ID> maps it to tenant/network.
+const dockerPrefix = Prefix + "docker/"
+
+func dockerKey(host, id string) string { return dockerPrefix + host + "/" + id }
+func dockersOf(host string) string     { return dockerPrefix + host + "/" }
+
+// Values of IP allocation keys that belong to no endpoint (yet).
+const (
+	pendingPrefix = "pending:" // pending:<host>:<unix nanos>, from IPAM before CreateEndpoint
+	auxPrefix     = "aux:"     // aux:<docker network ID>, an --aux-address
+)
+
+// DockerNetwork is one host's Docker network of a logical network.
+type DockerNetwork struct {
+	Host    string   `json:"host"`
+	ID      string   `json:"id"`
+	Tenant  string   `json:"tenant"`
+	Network string   `json:"network"`
+	Aux     []string `json:"aux,omitempty"`
+	// Created lets garbage collection tell a network Docker has not stored yet
+	// from one it deleted while netplugin was away.
+	Created time.Time `json:"created"`
+}
+
+// IsPending reports whether an allocation value is an IPAM reservation of host.
+func IsPending(owner, host string) bool { return strings.HasPrefix(owner, pendingPrefix+host+":") }
+
+// ProvisionalName is the name of a network Docker created before its Docker name
+// is known (Docker never tells a driver the name); it is renamed right after.
+func ProvisionalName(dockerID string) string { return "docker-" + dockerID[:min(12, len(dockerID))] }
+
+// IsProvisional reports whether a network still has its provisional name.
+func IsProvisional(name string) bool { return strings.HasPrefix(name, "docker-") }
+
+// DockerNetwork returns the mapping of a Docker network on host.
+func (s *Store) DockerNetwork(ctx context.Context, host, id string) (DockerNetwork, error) {
+	r, err := s.get(ctx, dockerKey(host, id))
+	if err != nil {
+		return DockerNetwork{}, err
+	}
+	if len(r.Kvs) == 0 {
+		return DockerNetwork{}, fmt.Errorf("%w: Docker network %.12s is not a netplugin network on %s", core.ErrNotFound, id, host)
+	}
+	var dn DockerNetwork
+	if err := json.Unmarshal(r.Kvs[0].Value, &dn); err != nil {
+		return dn, fmt.Errorf("decode docker network %s: %w", id, err)
+	}
+	return dn, nil
+}
+
+// DockerNetworks lists the Docker networks of host.
+func (s *Store) DockerNetworks(ctx context.Context, host string) ([]DockerNetwork, error) {
+	return list[DockerNetwork](ctx, s, dockersOf(host))
+}
+
+// BindDockerNetwork makes a Docker network on dn.Host stand for a logical
+// network: want.Name names it, or else the tenant's network with exactly the same
+// subnet is joined (a second host's `docker network create` joins the first's),
+// or else a new network is created under a provisional name. Binding the same
+// Docker network again returns the same network.
+func (s *Store) BindDockerNetwork(ctx context.Context, dn DockerNetwork, want core.Network) (core.Network, error) {
+	if cur, err := s.DockerNetwork(ctx, dn.Host, dn.ID); err == nil {
+		n, _, err := s.GetNetwork(ctx, cur.Tenant, cur.Network)
+		return n, err
+	}
+	if want.Tenant == "" {
+		want.Tenant = core.DefaultTenant
+	}
+	// `-o tenant=blue` on docker network create makes the tenant if needed:
+	// Docker users do not run netdcli first.
+	if err := s.tenantExists(ctx, want.Tenant); err != nil {
+		if err := s.CreateTenant(ctx, want.Tenant); err != nil && !errors.Is(err, core.ErrExists) {
+			return want, err
+		}
+	}
+	var n core.Network
+	found := false
+	if want.Name != "" {
+		cur, _, err := s.GetNetwork(ctx, want.Tenant, want.Name)
+		if err == nil {
+			n, found = cur, true
+		}
+	} else {
+		nets, err := s.Networks(ctx, want.Tenant)
+		if err != nil {
+			return want, err
+		}
+		for _, o := range nets {
+			if o.Subnet == want.Subnet {
+				n, found = o, true
+				break
+			}
+		}
+	}
+	if found {
+		if err := joinable(n, want); err != nil {
+			return n, err
+		}
+	} else {
+		if want.Name == "" {
+			want.Name = ProvisionalName(dn.ID)
+		}
+		want.CreatedBy = "docker"
+		created, err := s.CreateNetwork(ctx, want)
+		if err != nil {
+			return created, err
+		}
+		n = created
+	}
+	mine, err := s.DockerNetworks(ctx, dn.Host)
+	if err != nil {
+		return n, err
+	}
+	for _, o := range mine {
+		if o.Tenant == n.Tenant && o.Network == n.Name {
+			return n, fmt.Errorf("%w: network %s already has Docker network %.12s on host %s", core.ErrInUse, n.Key(), o.ID, dn.Host)
+		}
+	}
+	dn.Tenant, dn.Network = n.Tenant, n.Name
+	cmps := []clientv3.Cmp{free(dockerKey(dn.Host, dn.ID)), exists(networkKey(n.Tenant, n.Name))}
+	ops := []clientv3.Op{clientv3.OpPut(dockerKey(dn.Host, dn.ID), mustJSON(dn))}
+	for _, a := range dn.Aux {
+		if err := core.ValidateEndpointIP(n, a); err != nil {
+			return n, fmt.Errorf("aux address: %w", err)
+		}
+		cmps = append(cmps, free(ipKey(n.Tenant, n.Name, a)))
+		ops = append(ops, clientv3.OpPut(ipKey(n.Tenant, n.Name, a), auxPrefix+dn.ID))
+	}
+	r, err := s.txn(ctx, cmps, ops...)
+	if err != nil {
+		return n, err
+	}
+	if !r.Succeeded {
+		return n, fmt.Errorf("%w: an aux address of Docker network %.12s is in use on %s, or the network changed; try again", core.ErrInUse, dn.ID, n.Key())
+	}
+	return n, nil
+}
+
+// joinable checks that what Docker asked for matches an existing network.
+func joinable(n, want core.Network) error {
+	if want.Subnet != "" && want.Subnet != n.Subnet {
+		return fmt.Errorf("%w: network %s has subnet %s, not %s", core.ErrInvalid, n.Key(), n.Subnet, want.Subnet)
+	}
+	if want.Tag != 0 && want.Tag != n.Tag {
+		return fmt.Errorf("%w: network %s has tag %d, not %d", core.ErrInvalid, n.Key(), n.Tag, want.Tag)
+	}
+	if want.Driver != "" && want.Driver != n.Driver {
+		return fmt.Errorf("%w: network %s uses driver %s, not %s", core.ErrInvalid, n.Key(), n.Driver, want.Driver)
+	}
+	return nil
+}
+
+// UnbindDockerNetwork forgets a Docker network: its aux addresses are released,
+// and a network Docker created is deleted with its last Docker network when it
+// has no endpoints left. Unknown IDs are fine (Docker retries deletes).
+func (s *Store) UnbindDockerNetwork(ctx context.Context, host, id string) error {
+	dn, err := s.DockerNetwork(ctx, host, id)
+	if err != nil {
+		if errors.Is(err, core.ErrNotFound) {
+			return nil
+		}
+		return err
+	}
+	ops := []clientv3.Op{clientv3.OpDelete(dockerKey(host, id))}
+	for _, a := range dn.Aux {
+		ops = append(ops, clientv3.OpDelete(ipKey(dn.Tenant, dn.Network, a)))
+	}
+	if _, err := s.txn(ctx, nil, ops...); err != nil {
+		return err
+	}
+	n, _, err := s.GetNetwork(ctx, dn.Tenant, dn.Network)
+	if err != nil || n.CreatedBy != "docker" {
+		return nil
+	}
+	r, err := s.get(ctx, dockerPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	for _, kv := range r.Kvs {
+		var o DockerNetwork
+		if json.Unmarshal(kv.Value, &o) == nil && o.Tenant == n.Tenant && o.Network == n.Name {
+			return nil // another host still uses it
+		}
+	}
+	if err := s.DeleteNetwork(ctx, n.Tenant, n.Name); err != nil && !errors.Is(err, core.ErrInUse) {
+		return err
+	}
+	return nil
+}
+
+// RenameNetwork gives a network its real name, moving every key that names it
+// in one transaction. It is meant for a network Docker just created, so it
+// refuses networks whose keys would not fit in one transaction.
+func (s *Store) RenameNetwork(ctx context.Context, tenant, old, name string) error {
+	if err := core.ValidName("network", name); err != nil {
+		return err
+	}
+	n, rev, err := s.GetNetwork(ctx, tenant, old)
+	if err != nil {
+		return err
+	}
+	ips, err := s.get(ctx, ipsOf(tenant, old), clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	eps, err := s.Endpoints(ctx, tenant, old)
+	if err != nil {
+		return err
+	}
+	maps, err := s.get(ctx, dockerPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	n.Name = name
+	cmps := []clientv3.Cmp{unchanged(networkKey(tenant, old), rev), free(networkKey(tenant, name)), emptyPrefix(ipsOf(tenant, name))}
+	ops := []clientv3.Op{clientv3.OpDelete(networkKey(tenant, old)), clientv3.OpPut(networkKey(tenant, name), mustJSON(n)),
+		clientv3.OpPut(tagKey(n.Encap, n.Tag), n.Key())}
+	for _, kv := range ips.Kvs {
+		cmps = append(cmps, unchanged(string(kv.Key), kv.ModRevision))
+		ops = append(ops, clientv3.OpDelete(string(kv.Key)), clientv3.OpPut(ipKey(tenant, name, lastSegment(string(kv.Key))), string(kv.Value)))
+	}
+	for _, e := range eps {
+		e.Network = name
+		ops = append(ops, clientv3.OpPut(endpointKey(e.Tenant, e.Name), mustJSON(e)))
+	}
+	for _, kv := range maps.Kvs {
+		var dn DockerNetwork
+		if json.Unmarshal(kv.Value, &dn) == nil && dn.Tenant == tenant && dn.Network == old {
+			dn.Network = name
+			cmps = append(cmps, unchanged(string(kv.Key), kv.ModRevision))
+			ops = append(ops, clientv3.OpPut(string(kv.Key), mustJSON(dn)))
+		}
+	}
+	if len(ops) > maxTxnOps || len(cmps) > maxTxnOps {
+		return fmt.Errorf("rename %s/%s to %s: too many keys to move in one transaction", tenant, old, name)
+	}
+	r, err := s.txn(ctx, cmps, ops...)
+	if err != nil {
+		return err
+	}
+	if !r.Succeeded {
+		if ok, _ := s.has(ctx, networkKey(tenant, name)); ok {
+			return fmt.Errorf("%w: network %q in tenant %q", core.ErrExists, name, tenant)
+		}
+		return fmt.Errorf("rename %s/%s: changed concurrently; try again", tenant, old)
+	}
+	return nil
+}
+
+// ReserveIP takes an address of a network for an endpoint Docker has not created
+// yet (IPAM runs before CreateEndpoint): ip, or the lowest free one in [lo, hi]
+// (0, 0: the whole subnet). It returns the address and the allocation's owner
+// value that CreateEndpointReserved must present.
+func (s *Store) ReserveIP(ctx context.Context, tenant, network, ip string, lo, hi uint32, host string) (string, string, error) {
+	owner := pendingPrefix + host + ":" + strconv.FormatInt(time.Now().UnixNano(), 10)
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		n, _, err := s.GetNetwork(ctx, tenant, network)
+		if err != nil {
+			return "", "", err
+		}
+		cand := ip
+		if cand == "" {
+			if cand, err = s.pickIPIn(ctx, n, lo, hi, attempt > 0); err != nil {
+				return "", "", err
+			}
+		} else if err := core.ValidateEndpointIP(n, cand); err != nil {
+			return "", "", err
+		}
+		r, err := s.txn(ctx, []clientv3.Cmp{exists(networkKey(tenant, network)), free(ipKey(tenant, network, cand))},
+			clientv3.OpPut(ipKey(tenant, network, cand), owner))
+		if err != nil {
+			return "", "", err
+		}
+		if r.Succeeded {
+			return cand, owner, nil
+		}
+		if ip != "" {
+			return "", "", fmt.Errorf("%w: IP %s is already used on network %s", core.ErrInUse, ip, n.Key())
+		}
+	}
+	return "", "", fmt.Errorf("reserve IP on %s/%s: too much contention, try again", tenant, network)
+}
+
+// pickIPIn is pickIP restricted to [lo, hi] when hi != 0 (Docker's --ip-range).
+func (s *Store) pickIPIn(ctx context.Context, n core.Network, lo, hi uint32, random bool) (string, error) {
+	if hi == 0 {
+		return s.pickIP(ctx, n, random)
+	}
+	used, err := s.usedIPs(ctx, n)
+	if err != nil {
+		return "", err
+	}
+	first, last := core.SubnetBounds(mustCIDR(n.Subnet))
+	for v := max(lo, first+1); v <= hi && v < last; v++ {
+		if !used[v] {
+			return core.IPFromUint(v).String(), nil
+		}
+	}
+	return "", fmt.Errorf("%w: no free IP left in the range of network %s", core.ErrInUse, n.Key())
+}
+
+// ReleaseIP returns an address Docker's IPAM gave out. An address still held by
+// an endpoint Docker made releases that endpoint too: Docker releases addresses
+// of endpoints whose DeleteEndpoint it skipped (forced cleanup after a crash).
+// Addresses of endpoints made with netdcli are never touched.
+func (s *Store) ReleaseIP(ctx context.Context, tenant, network, ip, host string) error {
+	r, err := s.get(ctx, ipKey(tenant, network, ip))
+	if err != nil || len(r.Kvs) == 0 {
+		return err
+	}
+	kv := r.Kvs[0]
+	val := string(kv.Value)
+	if strings.HasPrefix(val, pendingPrefix+host+":") {
+		_, err := s.txn(ctx, []clientv3.Cmp{unchanged(ipKey(tenant, network, ip), kv.ModRevision)}, clientv3.OpDelete(ipKey(tenant, network, ip)))
+		return err
+	}
+	ep, _, err := s.GetEndpoint(ctx, tenant, val)
+	if err != nil {
+		return nil
+	}
+	if ep.DockerEndpoint != "" && ep.Host == host && ep.Network == network && ep.IP == ip {
+		return s.DeleteEndpoint(ctx, tenant, ep.Name)
+	}
+	return nil
+}
+
+// CreateEndpointReserved writes an endpoint whose IP was reserved by ReserveIP
+// (owner is what ReserveIP returned), binding the address to it.
+func (s *Store) CreateEndpointReserved(ctx context.Context, ep core.Endpoint, owner string) (core.Endpoint, error) {
+	if err := core.ValidName("endpoint", ep.Name); err != nil {
+		return ep, err
+	}
+	if ep.MAC == "" {
+		ep.MAC = NewMAC()
+	}
+	ik := ipKey(ep.Tenant, ep.Network, ep.IP)
+	r, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", owner), free(endpointKey(ep.Tenant, ep.Name))},
+		clientv3.OpPut(endpointKey(ep.Tenant, ep.Name), mustJSON(ep)), clientv3.OpPut(ik, ep.Name))
+	if err != nil {
+		return ep, err
+	}
+	if !r.Succeeded {
+		if cur, _, err := s.GetEndpoint(ctx, ep.Tenant, ep.Name); err == nil && cur.IP == ep.IP && cur.DockerEndpoint == ep.DockerEndpoint {
+			return cur, nil // a repeated CreateEndpoint
+		}
+		return ep, fmt.Errorf("%w: IP %s on %s is not reserved for this endpoint", core.ErrInUse, ep.IP, ep.NetworkKey())
+	}
+	return ep, nil
+}
+
+// PendingIP is an address reserved by IPAM that no endpoint took.
+type PendingIP struct {
+	Tenant, Network, IP string
+	Since               time.Time
+}
+
+// PendingIPs lists the reservations of host, for garbage collection.
+func (s *Store) PendingIPs(ctx context.Context, host string) ([]PendingIP, error) {
+	r, err := s.get(ctx, ipAllocPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	var out []PendingIP
+	for _, kv := range r.Kvs {
+		rest, ok := strings.CutPrefix(string(kv.Value), pendingPrefix+host+":")
+		if !ok {
+			continue
+		}
+		ns, _ := strconv.ParseInt(rest, 10, 64)
+		parts := strings.Split(strings.TrimPrefix(string(kv.Key), ipAllocPrefix), "/")
+		if len(parts) == 3 {
+			out = append(out, PendingIP{Tenant: parts[0], Network: parts[1], IP: parts[2], Since: time.Unix(0, ns)})
+		}
+	}
+	return out, nil
+}
+
+// AttachNetNS records the sandbox a Docker endpoint was joined to and returns
+// the revision of the write, so that the caller can wait for the agent to see it.
+func (s *Store) AttachNetNS(ctx context.Context, tenant, name, netns string) (int64, error) {
+	ep, rev, err := s.GetEndpoint(ctx, tenant, name)
+	if err != nil {
+		return 0, err
+	}
+	ep.NetNS = netns
+	r, err := s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(tenant, name), rev)},
+		clientv3.OpPut(endpointKey(tenant, name), mustJSON(ep)))
+	if err != nil {
+		return 0, err
+	}
+	if !r.Succeeded {
+		return 0, fmt.Errorf("endpoint %s/%s changed concurrently; try again", tenant, name)
+	}
+	return r.Header.Revision, nil
+}
+
+// NetworkOfSubnet finds the logical network behind a Docker network of host
+// whose subnet is subnet: IPAM calls carry only the pool, never the network.
+func (s *Store) NetworkOfSubnet(ctx context.Context, host, subnet string) (core.Network, error) {
+	mine, err := s.DockerNetworks(ctx, host)
+	if err != nil {
+		return core.Network{}, err
+	}
+	for _, dn := range mine {
+		n, _, err := s.GetNetwork(ctx, dn.Tenant, dn.Network)
+		if err == nil && n.Subnet == subnet {
+			return n, nil
+		}
+	}
+	return core.Network{}, fmt.Errorf("%w: no netplugin Docker network with subnet %s on %s", core.ErrNotFound, subnet, host)
+}
+
+// SubnetRange converts an --ip-range CIDR into bounds inside its subnet.
+func SubnetRange(subpool string) (uint32, uint32, error) {
+	if subpool == "" {
+		return 0, 0, nil
+	}
+	_, sn, err := net.ParseCIDR(subpool)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: ip range %q", core.ErrInvalid, subpool)
+	}
+	lo, hi := core.SubnetBounds(sn)
+	return lo, hi, nil
+}
