@@ -21,6 +21,10 @@ bench: build
 
 install: build
 	install -m 0755 bin/netplugin bin/netdcli /usr/local/bin/
+	install -D -m 0644 scripts/systemd/netplugin.service /etc/systemd/system/netplugin.service
+	test -e /etc/default/netplugin || install -D -m 0644 scripts/systemd/netplugin.default /etc/default/netplugin
+	install -D -m 0644 README.md /usr/local/share/doc/netplugin/README.md
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload && systemctl enable netplugin.service; fi
 
 clean:
 	rm -rf bin bench/results.json
