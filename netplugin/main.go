@@ -94,7 +94,7 @@ func run(c *cli.Context) error {
 	for _, name := range c.StringSlice("drivers") {
 		switch name {
 		case linuxbridge.Name:
-			drivers[name] = linuxbridge.New(log)
+			drivers[name] = linuxbridge.New(log, c.String("host-label"))
 		default:
 			return fmt.Errorf("unknown driver %q (have: %s)", name, linuxbridge.Name)
 		}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
@@ -21,15 +22,15 @@ import (
 // Name is the driver's name in network specs.
 const Name = "linuxbridge"
 
-// Alias kinds of the links this driver owns.
-const (
-	kindNet = "lbnet" // bridge:   netplugin:lbnet:<fingerprint>:<tenant/net>
-	kindEP  = "lbep"  // host veth: netplugin:lbep:<fingerprint>:<bridge>:<tenant/ep>
-)
-
 // Driver programs bridges and veths in the namespace it was created in.
 type Driver struct {
 	log *logrus.Entry
+	// Alias kinds of the links this driver owns, qualified by the owning agent's
+	// host label, so that agents sharing one kernel (tests, or a host renamed)
+	// never take each other's links for stale ones:
+	//   bridge:    netplugin:lbnet@<host>:<fingerprint>:<tenant/net>
+	//   host veth: netplugin:lbep@<host>:<fingerprint>:<bridge>:<tenant/ep>
+	kindNet, kindEP string
 	// sysctlRoot is /proc/sys; a field so that the isolation sysctl is visible in one place.
 	sysctlRoot string
 }
@@ -39,9 +40,11 @@ var (
 	_ core.HandOff = (*Driver)(nil)
 )
 
-// New returns the driver.
-func New(log *logrus.Entry) *Driver {
-	return &Driver{log: log.WithField("driver", Name), sysctlRoot: "/proc/sys"}
+// New returns the driver for the agent of host (its --host-label).
+func New(log *logrus.Entry, host string) *Driver {
+	owner := strings.ReplaceAll(host, ":", "_")
+	return &Driver{log: log.WithField("driver", Name), sysctlRoot: "/proc/sys",
+		kindNet: "lbnet@" + owner, kindEP: "lbep@" + owner}
 }
 
 // Name implements core.Driver.
@@ -50,7 +53,7 @@ func (d *Driver) Name() string { return Name }
 // EnsureNetwork creates or fixes the network's bridge.
 func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
 	name := core.BridgeName(n.Key())
-	alias := nl.Alias(kindNet, n.Fingerprint(), n.Key())
+	alias := nl.Alias(d.kindNet, n.Fingerprint(), n.Key())
 	link, err := netlink.LinkByName(name)
 	switch {
 	case nl.IsNotFound(err):
@@ -64,7 +67,7 @@ func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
 	case err != nil:
 		return fmt.Errorf("look up bridge %s: %w", name, err)
 	default:
-		if _, ok := nl.ParseAlias(link.Attrs().Alias, kindNet, 2); !ok {
+		if _, ok := nl.ParseAlias(link.Attrs().Alias, d.kindNet, 2); !ok {
 			return fmt.Errorf("%w: link %s exists but is not netplugin's; not touching it", core.ErrInUse, name)
 		}
 	}
@@ -123,7 +126,7 @@ func (d *Driver) setGateway(link netlink.Link, n core.NetworkSpec) error {
 
 // RemoveNetwork deletes the bridge if it is ours.
 func (d *Driver) RemoveNetwork(ctx context.Context, o core.ObservedNetwork) error {
-	return deleteOurs(core.BridgeName(o.Key), kindNet, 2)
+	return deleteOurs(core.BridgeName(o.Key), d.kindNet, 2)
 }
 
 // EnsureEndpoint plugs the endpoint in. A link already there with the same
@@ -139,7 +142,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 		return obs, fmt.Errorf("bridge %s of network %s: %w", brName, ep.Net.Key(), err)
 	}
 	if link, err := netlink.LinkByName(hostName); err == nil {
-		f, ok := nl.ParseAlias(link.Attrs().Alias, kindEP, 3)
+		f, ok := nl.ParseAlias(link.Attrs().Alias, d.kindEP, 3)
 		if !ok {
 			return obs, fmt.Errorf("%w: link %s exists but is not netplugin's; not touching it", core.ErrInUse, hostName)
 		}
@@ -194,7 +197,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 		return obs, fmt.Errorf("find %s: %w", hostName, err)
 	}
 	// The kernel ignores an alias given at creation: set it now.
-	if err := netlink.LinkSetAlias(host, nl.Alias(kindEP, fp, brName, ep.Key())); err != nil {
+	if err := netlink.LinkSetAlias(host, nl.Alias(d.kindEP, fp, brName, ep.Key())); err != nil {
 		return obs, fmt.Errorf("mark %s: %w", hostName, err)
 	}
 	peer, err := h.LinkByName(ifName)
@@ -220,7 +223,7 @@ func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (stri
 	brName := core.BridgeName(ep.Net.Key())
 	fp := ep.Fingerprint()
 	if link, err := netlink.LinkByName(hostName); err == nil {
-		f, ok := nl.ParseAlias(link.Attrs().Alias, kindEP, 3)
+		f, ok := nl.ParseAlias(link.Attrs().Alias, d.kindEP, 3)
 		if !ok {
 			return "", fmt.Errorf("%w: link %s exists but is not netplugin's; not touching it", core.ErrInUse, hostName)
 		}
@@ -247,7 +250,7 @@ func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (stri
 	if err := netlink.LinkAdd(veth); err != nil {
 		return "", fmt.Errorf("create veth %s/%s for %s: %w", hostName, peerName, ep.Key(), err)
 	}
-	if err := netlink.LinkSetAlias(veth, nl.Alias(kindEP, fp, brName, ep.Key())); err != nil {
+	if err := netlink.LinkSetAlias(veth, nl.Alias(d.kindEP, fp, brName, ep.Key())); err != nil {
 		_ = netlink.LinkDel(veth)
 		return "", fmt.Errorf("mark %s: %w", hostName, err)
 	}
@@ -256,7 +259,7 @@ func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (stri
 
 // RemoveEndpoint deletes the host end of the veth; the kernel removes the peer.
 func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) error {
-	return deleteOurs(core.HostIfName(o.Key), kindEP, 3)
+	return deleteOurs(core.HostIfName(o.Key), d.kindEP, 3)
 }
 
 func deleteOurs(name, kind string, fields int) error {
@@ -289,11 +292,11 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 	}
 	for _, l := range links {
 		attrs := l.Attrs()
-		if f, ok := nl.ParseAlias(attrs.Alias, kindNet, 2); ok {
+		if f, ok := nl.ParseAlias(attrs.Alias, d.kindNet, 2); ok {
 			a.Networks[f[1]] = core.ObservedNetwork{Key: f[1], Fingerprint: f[0]}
 			continue
 		}
-		f, ok := nl.ParseAlias(attrs.Alias, kindEP, 3)
+		f, ok := nl.ParseAlias(attrs.Alias, d.kindEP, 3)
 		if !ok {
 			continue
 		}

@@ -27,7 +27,7 @@ func TestTrafficIsolationAndIdempotence(t *testing.T) {
 	nstest.RequireRoot(t)
 	p := nstest.Prefix()
 	ctx := context.Background()
-	d := New(logrus.NewEntry(logrus.New()))
+	d := New(logrus.NewEntry(logrus.New()), p)
 	before := nstest.Links(t)
 
 	net1 := core.NetworkSpec{Network: core.Network{Tenant: p, Name: "n1", Driver: Name, Encap: "vlan", Tag: 10, Subnet: "10.77.1.0/24", Gateway: "10.77.1.254"}}
