@@ -2,7 +2,7 @@
 GO ?= go
 export PATH := $(PATH):/usr/local/go/bin:/usr/local/sbin:/usr/sbin:/sbin
 
-.PHONY: all build test demo bench install clean
+.PHONY: all build test demo bench install clean kernel-lab
 
 all: build
 
@@ -11,6 +11,11 @@ build:
 
 test:
 	scripts/test.sh
+
+# What this machine's kernel lacks (ipvlan, 802.1Q, OVS datapath), tested under
+# Debian's stock kernel in qemu; make test runs it too.
+kernel-lab:
+	scripts/kernel-lab.sh ./lab/ ./drivers/ipvlan/
 
 demo: build
 	scripts/demo.sh

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/netplugin/netplugin/core"
+	"github.com/netplugin/netplugin/drivers/ipvlan"
 	"github.com/netplugin/netplugin/drivers/linuxbridge"
 	"github.com/netplugin/netplugin/internal/docker"
 	"github.com/netplugin/netplugin/mgmtfn"
@@ -43,7 +44,8 @@ func main() {
 			&cli.StringFlag{Name: "docker-socket", Value: "/var/run/docker.sock", Usage: "Docker Engine API socket, to find containers' namespaces"},
 			&cli.StringFlag{Name: "docker-plugin", Value: "netplugin", Usage: "name of the Docker network and IPAM driver served (-d NAME --ipam-driver NAME); empty: none"},
 			&cli.StringFlag{Name: "docker-plugin-dir", Value: mgmtfn.DefaultSocketDir, Usage: "where Docker looks for plugin sockets"},
-			&cli.StringSliceFlag{Name: "drivers", Value: cli.NewStringSlice(linuxbridge.Name), Usage: "drivers to enable"},
+			&cli.StringSliceFlag{Name: "drivers", Value: cli.NewStringSlice(linuxbridge.Name, ipvlan.Name), Usage: "drivers to enable"},
+			&cli.StringFlag{Name: "vtep-ip", Usage: "this host's underlay address, published to the other hosts (VXLAN tunnels, routes to routed networks)"},
 			&cli.DurationFlag{Name: "resync", Value: 10 * time.Second, Usage: "full resync period"},
 			&cli.IntFlag{Name: "workers", Value: 4, Usage: "endpoints programmed in parallel"},
 			&cli.BoolFlag{Name: "debug", Aliases: []string{"d"}, Usage: "debug logging"},
@@ -95,14 +97,16 @@ func run(c *cli.Context) error {
 		switch name {
 		case linuxbridge.Name:
 			drivers[name] = linuxbridge.New(log, c.String("host-label"))
+		case ipvlan.Name:
+			drivers[name] = ipvlan.New(log, ipvlan.Config{Host: c.String("host-label")})
 		default:
-			return fmt.Errorf("unknown driver %q (have: %s)", name, linuxbridge.Name)
+			return fmt.Errorf("unknown driver %q (have: %s, %s)", name, linuxbridge.Name, ipvlan.Name)
 		}
 	}
 	metrics := agent.NewMetrics()
 	dk := docker.New(c.String("docker-socket"))
 	a := agent.New(agent.Config{
-		Host: c.String("host-label"), Store: store, Drivers: drivers,
+		Host: c.String("host-label"), VTEP: c.String("vtep-ip"), Store: store, Drivers: drivers,
 		Containers: dk,
 		Resync:     c.Duration("resync"), Workers: c.Int("workers"), Log: log, Metrics: metrics,
 	})

@@ -200,6 +200,7 @@ log "initramfs $(du -m "$work/initramfs.cpio" | cut -f1) MiB, ready after $(($(d
 
 # --- run ---------------------------------------------------------------------
 out=$work/console.log
+: >"$out" # before qemu starts: tail must find it
 t1=$(date +%s)
 # -no-reboot + panic=-1: if init dies the kernel panics, reboots, and qemu exits
 # instead of hanging until the timeout.
@@ -207,10 +208,10 @@ timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel "$accel" -m "$mem" -smp "$c
 	-nodefaults -nographic -monitor none -serial stdio -no-reboot \
 	-kernel "$vmlinuz" -initrd "$work/initramfs.cpio" \
 	-append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" \
-	</dev/null >"$out" 2>&1 &
+	</dev/null >>"$out" 2>&1 &
 qpid=$!
 # Live, minus carriage returns and the firmware's terminal escapes.
-tail --pid="$qpid" -n +1 -f "$out" | sed -u 's/\r//g; s/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g'
+tail --pid="$qpid" -n +1 -f "$out" | sed -u 's/\r//g; s/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g' || true
 
 rc=0
 wait "$qpid" || rc=$?

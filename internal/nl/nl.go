@@ -73,7 +73,9 @@ func InNS(path string) (*netlink.Handle, netns.NsHandle, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("open netns %s: %w", path, err)
 	}
-	h, err := netlink.NewHandleAt(ns)
+	// Routing only: a handle for every netlink family would also open XFRM and
+	// netfilter sockets, which fail on kernels without those modules loaded.
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		ns.Close()
 		return nil, 0, fmt.Errorf("netlink in netns %s: %w", path, err)
