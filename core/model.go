@@ -5,6 +5,7 @@ package core
 import (
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 )
 
@@ -59,6 +60,26 @@ type Network struct {
 
 // Key is the network's identity: tenant/name.
 func (n Network) Key() string { return n.Tenant + "/" + n.Name }
+
+// HostBlockLen reports whether the network is routed per host — ipvlan in l3
+// mode: no L2 between hosts, each host owns a block of the subnet and the other
+// hosts route that block to its underlay address — and the blocks' prefix
+// length: Options["host-prefix"], or 4 bits longer than the subnet (16 hosts),
+// at most /28.
+func (n Network) HostBlockLen() (int, bool) {
+	if n.Driver != "ipvlan" || n.Options["mode"] != "l3" {
+		return 0, false
+	}
+	_, sn, err := net.ParseCIDR(n.Subnet)
+	if err != nil {
+		return 0, false
+	}
+	ones, _ := sn.Mask.Size()
+	if v, err := strconv.Atoi(n.Options["host-prefix"]); err == nil && v >= ones && v <= 30 {
+		return v, true
+	}
+	return min(ones+4, 28), true
+}
 
 // Endpoint is one interface of one container on one network.
 type Endpoint struct {

@@ -21,8 +21,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/netplugin/netplugin/core"
+	"github.com/netplugin/netplugin/drivers/hostnic"
 	"github.com/netplugin/netplugin/drivers/ipvlan"
 	"github.com/netplugin/netplugin/drivers/linuxbridge"
+	"github.com/netplugin/netplugin/drivers/macvlan"
 	"github.com/netplugin/netplugin/internal/docker"
 	"github.com/netplugin/netplugin/mgmtfn"
 	"github.com/netplugin/netplugin/netplugin/agent"
@@ -44,7 +46,7 @@ func main() {
 			&cli.StringFlag{Name: "docker-socket", Value: "/var/run/docker.sock", Usage: "Docker Engine API socket, to find containers' namespaces"},
 			&cli.StringFlag{Name: "docker-plugin", Value: "netplugin", Usage: "name of the Docker network and IPAM driver served (-d NAME --ipam-driver NAME); empty: none"},
 			&cli.StringFlag{Name: "docker-plugin-dir", Value: mgmtfn.DefaultSocketDir, Usage: "where Docker looks for plugin sockets"},
-			&cli.StringSliceFlag{Name: "drivers", Value: cli.NewStringSlice(linuxbridge.Name, ipvlan.Name), Usage: "drivers to enable"},
+			&cli.StringSliceFlag{Name: "drivers", Value: cli.NewStringSlice(linuxbridge.Name, macvlan.Name, ipvlan.Name, hostnic.Name), Usage: "drivers to enable"},
 			&cli.StringFlag{Name: "vtep-ip", Usage: "this host's underlay address, published to the other hosts (VXLAN tunnels, routes to routed networks)"},
 			&cli.DurationFlag{Name: "resync", Value: 10 * time.Second, Usage: "full resync period"},
 			&cli.IntFlag{Name: "workers", Value: 4, Usage: "endpoints programmed in parallel"},
@@ -99,8 +101,22 @@ func run(c *cli.Context) error {
 			drivers[name] = linuxbridge.New(log, c.String("host-label"))
 		case ipvlan.Name:
 			drivers[name] = ipvlan.New(log, ipvlan.Config{Host: c.String("host-label")})
+		case macvlan.Name:
+			d, err := macvlan.New(log, macvlan.Config{StateDir: stateDir(macvlan.Name, c.String("host-label"))})
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			drivers[name] = d
+		case hostnic.Name:
+			d, err := hostnic.New(log, hostnic.Config{StateDir: stateDir(hostnic.Name, c.String("host-label"))})
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			drivers[name] = d
 		default:
-			return fmt.Errorf("unknown driver %q (have: %s, %s)", name, linuxbridge.Name, ipvlan.Name)
+			return fmt.Errorf("unknown driver %q (have: %s, %s, %s, %s)", name, linuxbridge.Name, ipvlan.Name, macvlan.Name, hostnic.Name)
 		}
 	}
 	metrics := agent.NewMetrics()
@@ -131,6 +147,14 @@ func run(c *cli.Context) error {
 	}
 	log.WithFields(logrus.Fields{"host": c.String("host-label"), "etcd": strings.Join(endpoints, ",")}).Info("agent running")
 	return a.Run(ctx)
+}
+
+// stateDir is where a driver records what it programmed inside containers. It
+// is on /run: it must survive an agent crash, and like the namespaces it
+// describes it does not survive a reboot. Per host label, so that agents sharing
+// a kernel keep apart.
+func stateDir(driver, host string) string {
+	return filepath.Join("/run/netplugin", driver, strings.ReplaceAll(host, "/", "_"))
 }
 
 // connect retries: an agent started before etcd must wait for it, not exit.

@@ -388,6 +388,16 @@ func (s *Store) createEndpoints(ctx context.Context, eps []core.Endpoint) (int, 
 		if err != nil {
 			return created, err
 		}
+		if _, routed := n.HostBlockLen(); routed {
+			// Addresses come from each host's block: one by one.
+			for _, e := range list {
+				if _, err := s.CreateEndpoint(ctx, e, 0); err != nil {
+					return created, err
+				}
+				created++
+			}
+			continue
+		}
 		used, err := s.usedIPs(ctx, n)
 		if err != nil {
 			return created, err

@@ -305,6 +305,8 @@ func (s *Store) pickIPIn(ctx context.Context, n core.Network, lo, hi uint32, ran
 	if hi == 0 {
 		return s.pickIP(ctx, n, random)
 	}
+	// Lost races are retried by the caller; within a small range the lowest free
+	// address is as good a candidate as a random one.
 	used, err := s.usedIPs(ctx, n)
 	if err != nil {
 		return "", err

@@ -64,8 +64,20 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 				clientv3.OpPut(networkKey(n.Tenant, n.Name), mustJSON(n)))
 		}
 		cand := ep
+		var lo, hi uint32 // the host's block of a routed network; 0, 0: the whole subnet
+		if _, routed := n.HostBlockLen(); routed {
+			block, err := s.hostBlock(ctx, n, ep.Host)
+			if err != nil {
+				return ep, err
+			}
+			lo, hi = core.SubnetBounds(block)
+			lo, hi = lo+1, hi-1 // keep the block's own base and top free, as a subnet's are
+			if cand.IP != "" && !block.Contains(net.ParseIP(cand.IP)) {
+				return ep, fmt.Errorf("%w: IP %s is outside %s, the block of host %s on routed network %s", core.ErrInvalid, cand.IP, block, ep.Host, n.Key())
+			}
+		}
 		if cand.IP == "" {
-			if cand.IP, err = s.pickIP(ctx, n, attempt > 0); err != nil {
+			if cand.IP, err = s.pickIPIn(ctx, n, lo, hi, attempt > 0); err != nil {
 				return ep, err
 			}
 		} else if err := core.ValidateEndpointIP(n, cand.IP); err != nil {

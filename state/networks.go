@@ -231,7 +231,8 @@ func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string) error {
 	}
 	r, err := s.txn(ctx,
 		[]clientv3.Cmp{unchanged(networkKey(n.Tenant, n.Name), rev), emptyPrefix(ipsOf(n.Tenant, n.Name))},
-		clientv3.OpDelete(networkKey(n.Tenant, n.Name)), clientv3.OpDelete(tagKey(n.Encap, n.Tag)))
+		clientv3.OpDelete(networkKey(n.Tenant, n.Name)), clientv3.OpDelete(tagKey(n.Encap, n.Tag)),
+		clientv3.OpDelete(blocksOf(n.Tenant, n.Name), clientv3.WithPrefix()))
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sort"
 	"strings"
 	"sync"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	"github.com/netplugin/netplugin/internal/routes"
 
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/state"
@@ -32,6 +35,7 @@ type ContainerResolver interface {
 type Config struct {
 	Host       string
 	VTEP       string // this host's underlay address, published for peers
+	RouteNetNS string // namespace to install routes to other hosts' blocks in; "": the agent's
 	Store      *state.Store
 	Drivers    map[string]core.Driver
 	Containers ContainerResolver // nil: endpoints attached to containers report an error
@@ -49,6 +53,10 @@ type Agent struct {
 	trigger chan struct{}
 	cache   *state.Cache // desired state
 	hosts   *state.Cache // live hosts, for drivers that connect hosts
+	blocks  *state.Cache // hosts' blocks of routed networks
+	routes  *routes.Syncer
+	// routed: routes were installed, so an empty desired set must be applied too.
+	routed bool
 
 	// written is the status last written per endpoint key, so unchanged status
 	// costs no etcd write.
@@ -84,6 +92,7 @@ func New(cfg Config) *Agent {
 		written: map[string]core.EndpointStatus{}, resolved: map[string]resolvedNS{}}
 	a.cache = state.NewCache(cfg.Store.Client(), state.ConfigPrefix, a.Poke, a.log)
 	a.hosts = state.NewCache(cfg.Store.Client(), state.HostPrefix, a.Poke, a.log)
+	a.blocks = state.NewCache(cfg.Store.Client(), state.BlockPrefix, a.Poke, a.log)
 	return a
 }
 
@@ -108,6 +117,7 @@ func (a *Agent) Syncs() int64 { return a.synced.Load() }
 func (a *Agent) Run(ctx context.Context) error {
 	go a.cache.Run(ctx)
 	go a.hosts.Run(ctx)
+	go a.blocks.Run(ctx)
 	for {
 		sess, err := a.register(ctx)
 		if err != nil {
@@ -152,7 +162,7 @@ func (a *Agent) register(ctx context.Context) (*state.HostSession, error) {
 }
 
 func (a *Agent) loop(ctx context.Context, sess *state.HostSession) error {
-	for _, c := range []*state.Cache{a.cache, a.hosts} {
+	for _, c := range []*state.Cache{a.cache, a.hosts, a.blocks} {
 		select {
 		case <-c.Ready():
 		case <-ctx.Done():
@@ -261,6 +271,11 @@ func (a *Agent) SyncOnce(ctx context.Context, sess *state.HostSession) error {
 			errs = append(errs, fmt.Errorf("driver %s: %w", name, err))
 		}
 	}
+	if err == nil {
+		if err := a.syncRoutes(nets, peers); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := a.writeStatus(ctx, sess, status); err != nil {
 		a.cfg.Metrics.etcdErrors.Inc()
 		errs = append(errs, err)
@@ -284,6 +299,47 @@ func (a *Agent) peers() ([]core.Peer, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+// syncRoutes routes every other live host's block of a routed network to that
+// host's underlay address; a host whose lease expired drops out of peers, and
+// so do its routes.
+func (a *Agent) syncRoutes(nets map[string]core.Network, peers []core.Peer) error {
+	via := map[string]net.IP{}
+	for _, p := range peers {
+		if ip := net.ParseIP(p.VTEP); ip != nil {
+			via[p.Name] = ip
+		}
+	}
+	kvs, _ := a.blocks.Snapshot()
+	var want []routes.Route
+	anyRouted := false
+	for _, b := range state.DecodeBlocks(kvs) {
+		n, ok := nets[b.Tenant+"/"+b.Network]
+		blen, routed := n.HostBlockLen()
+		if !ok || !routed {
+			continue
+		}
+		anyRouted = true
+		if gw := via[b.Host]; gw != nil && b.Host != a.cfg.Host {
+			want = append(want, routes.Route{Dst: &net.IPNet{IP: b.Block.IP, Mask: net.CIDRMask(blen, 32)}, Via: gw})
+		}
+	}
+	if !anyRouted && !a.routed {
+		return nil // never touch the routing table of a host with no routed network
+	}
+	if a.routes == nil {
+		r, err := routes.New(a.cfg.RouteNetNS)
+		if err != nil {
+			return err
+		}
+		a.routes = r
+	}
+	a.routed = true
+	if err := a.routes.Sync(want); err != nil {
+		return fmt.Errorf("routes: %w", err)
+	}
+	return nil
 }
 
 func (a *Agent) errStatus(msg string) core.EndpointStatus {

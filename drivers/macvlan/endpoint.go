@@ -1,0 +1,333 @@
+package macvlan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/netplugin/netplugin/core"
+	"github.com/netplugin/netplugin/internal/nl"
+)
+
+// epRecord is what the driver remembers about an endpoint: enough to find its
+// child again and to judge it, with nothing but the state dir after a crash.
+type epRecord struct {
+	Key         string `json:"key"`
+	Fingerprint string `json:"fingerprint"`
+	Network     string `json:"network"`
+	NetNSPath   string `json:"netnsPath"`
+	NetNSID     string `json:"netnsId"`
+	Lower       string `json:"lower"`
+	Mode        string `json:"mode"`
+	MAC         string `json:"mac,omitempty"` // "" in passthru mode: the child has the parent's MAC
+	Addr        string `json:"addr"`          // IP/prefix
+}
+
+// nameRetries bounds retries when a parallel Ensure took the same free ethN in
+// one namespace (a container on two networks).
+const nameRetries = 3
+
+// EnsureEndpoint plugs the endpoint in as a child of the network's lower device,
+// created straight inside the container's namespace. A child already there with
+// the same fingerprint, parent, mode and MAC is repaired in place (address, up,
+// gateway), never recreated, so running containers keep their traffic.
+func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core.ObservedEndpoint, error) {
+	fp := ep.Fingerprint()
+	obs := core.ObservedEndpoint{Key: ep.Key(), Fingerprint: fp}
+	o, err := parseOptions(ep.Net.Network)
+	if err != nil {
+		return obs, fmt.Errorf("endpoint %s: network %s: %w", ep.Key(), ep.Net.Key(), err)
+	}
+	mode, _ := kernelMode(o.mode)
+	var mac net.HardwareAddr
+	if ep.MAC != "" && o.mode != ModePassthru {
+		if mac, err = net.ParseMAC(ep.MAC); err != nil {
+			return obs, fmt.Errorf("endpoint %s: %w: MAC %q", ep.Key(), core.ErrInvalid, ep.MAC)
+		}
+	}
+	_, sn, err := net.ParseCIDR(ep.Net.Subnet)
+	if err != nil {
+		return obs, fmt.Errorf("endpoint %s: %w: subnet %q", ep.Key(), core.ErrInvalid, ep.Net.Subnet)
+	}
+	prefix, _ := sn.Mask.Size()
+	lower, err := d.host.LinkByName(o.lower())
+	if nl.IsNotFound(err) {
+		return obs, fmt.Errorf("endpoint %s: %w: parent %s of network %s does not exist on this host", ep.Key(), core.ErrNotFound, o.lower(), ep.Net.Key())
+	}
+	if err != nil {
+		return obs, fmt.Errorf("endpoint %s: look up %s: %w", ep.Key(), o.lower(), err)
+	}
+	log := d.log.WithFields(logrus.Fields{"ep": ep.Key(), "lower": o.lower(), "netns": ep.NetNSPath})
+
+	// A child left in another namespace by an older spec (the container was
+	// restarted into a new one) goes first: one endpoint, one child.
+	var old epRecord
+	hadRecord, err := d.eps.get(ep.Key(), &old)
+	if err != nil {
+		return obs, err
+	}
+	if hadRecord && (old.NetNSPath != ep.NetNSPath || old.NetNSID != ep.NetNSID) {
+		if err := d.deleteChildren(old); err != nil {
+			return obs, err
+		}
+	}
+	rec := epRecord{Key: ep.Key(), Fingerprint: fp, Network: ep.Net.Key(), NetNSPath: ep.NetNSPath, NetNSID: ep.NetNSID,
+		Lower: o.lower(), Mode: o.mode, MAC: mac.String(), Addr: fmt.Sprintf("%s/%d", ep.IP, prefix)}
+	// The record is written before the child exists: a crash then leaves a record
+	// without a child (the next Ensure makes it), never a child nobody knows of.
+	if !hadRecord || old != rec {
+		if err := d.eps.put(ep.Key(), rec); err != nil {
+			return obs, err
+		}
+	}
+
+	h, ns, err := nl.InNS(ep.NetNSPath)
+	if err != nil {
+		return obs, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
+	}
+	defer ns.Close()
+	defer h.Close()
+	cif := nl.ContainerIf{IP: ep.IP, Prefix: prefix, Gateway: ep.Net.Gateway}
+	children, err := childrenOf(h, ep.Key())
+	if err != nil {
+		return obs, fmt.Errorf("endpoint %s: netns %s: %w", ep.Key(), ep.NetNSPath, err)
+	}
+	var keep netlink.Link
+	for _, c := range children {
+		if keep == nil && c.Fields[0] == fp && sound(c.Link, lower.Attrs().Index, rec) {
+			keep = c.Link
+			continue
+		}
+		// Built from an older spec, or on a parent/mode/MAC the network no longer has.
+		if err := h.LinkDel(c.Link); err != nil && !nl.IsNotFound(err) {
+			return obs, fmt.Errorf("endpoint %s: remove outdated %s: %w", ep.Key(), c.Link.Attrs().Name, err)
+		}
+		log.WithField("ifname", c.Link.Attrs().Name).Info("outdated macvlan child removed")
+	}
+	if keep != nil {
+		if err := nl.ConfigureIf(h, keep, cif); err != nil {
+			return obs, fmt.Errorf("endpoint %s: repair %s: %w", ep.Key(), keep.Attrs().Name, err)
+		}
+		obs.IfName, obs.IfIndex, obs.Healthy = keep.Attrs().Name, keep.Attrs().Index, true
+		return obs, nil
+	}
+
+	child, err := d.createChild(h, ns, lower, rec, mode, mac, nl.Alias(kindEP, fp, ep.Key()))
+	if err != nil {
+		// Nothing of this endpoint exists now; forget it so that a refused
+		// endpoint leaves no trace.
+		_ = d.eps.del(ep.Key())
+		return obs, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
+	}
+	if err := nl.ConfigureIf(h, child, cif); err != nil {
+		_ = h.LinkDel(child) // leave nothing half-made behind
+		_ = d.eps.del(ep.Key())
+		if errors.Is(err, unix.EADDRINUSE) {
+			// The kernel checks a child's MAC against its siblings when it goes up.
+			return obs, fmt.Errorf("endpoint %s: %w: MAC %s is already used on %s (every endpoint needs its own MAC)",
+				ep.Key(), core.ErrInUse, rec.MAC, rec.Lower)
+		}
+		return obs, fmt.Errorf("endpoint %s: configure %s in %s: %w", ep.Key(), child.Attrs().Name, ep.NetNSPath, err)
+	}
+	obs.IfName, obs.IfIndex, obs.Healthy = child.Attrs().Name, child.Attrs().Index, true
+	log.WithFields(logrus.Fields{"ifname": child.Attrs().Name, "ip": ep.IP, "mac": rec.MAC, "mode": o.mode}).Info("endpoint plugged")
+	return obs, nil
+}
+
+// tmpChildName is a child's name between its creation and its rename to ethN
+// ("npm" + 10 hex). The kernel ignores an alias given at creation, so for a
+// moment the name is the only mark: a crash then leaves a child that is still
+// recognisably the endpoint's.
+func tmpChildName(key string) string { return core.LinkPrefix + "m" + core.Short(key) }
+
+// createChild makes the macvlan child inside the namespace of h (ns), marks it
+// with alias and names it the lowest free ethN.
+func (d *Driver) createChild(h *netlink.Handle, ns netns.NsHandle, lower netlink.Link, rec epRecord,
+	mode netlink.MacvlanMode, mac net.HardwareAddr, alias string) (netlink.Link, error) {
+	tmp := tmpChildName(rec.Key)
+	mv := &netlink.Macvlan{Mode: mode, LinkAttrs: netlink.LinkAttrs{Name: tmp, ParentIndex: lower.Attrs().Index,
+		Namespace: netlink.NsFd(int(ns)), HardwareAddr: mac}}
+	// The host handle resolves the parent in the host namespace; the kernel
+	// creates the child directly in the container's (no move, no RCU wait).
+	err := d.host.LinkAdd(mv)
+	switch {
+	case errors.Is(err, unix.EADDRINUSE):
+		return nil, fmt.Errorf("%w: MAC %s is already used on %s (every endpoint needs its own MAC)", core.ErrInUse, rec.MAC, rec.Lower)
+	case errors.Is(err, unix.EINVAL) && rec.Mode == ModePassthru:
+		return nil, fmt.Errorf("%w: %s has other macvlan children; passthru takes a parent with exactly one: %v", core.ErrInUse, rec.Lower, err)
+	case errors.Is(err, unix.EINVAL):
+		return nil, fmt.Errorf("%w: macvlan child of %s refused by the kernel (parent in passthru use elsewhere?): %v", core.ErrInUse, rec.Lower, err)
+	case err != nil:
+		return nil, fmt.Errorf("create macvlan on %s in %s: %w", rec.Lower, rec.NetNSPath, err)
+	}
+	child, err := h.LinkByName(tmp)
+	if err != nil {
+		return nil, fmt.Errorf("find %s in %s: %w", tmp, rec.NetNSPath, err)
+	}
+	if err := h.LinkSetAlias(child, alias); err != nil {
+		_ = h.LinkDel(child)
+		return nil, fmt.Errorf("mark %s: %w", tmp, err)
+	}
+	var name string
+	for i := 0; i < nameRetries; i++ {
+		if name, err = nl.FreeIfName(h, "eth"); err != nil {
+			break
+		}
+		// EEXIST: a parallel Ensure took this name in the same namespace.
+		if err = h.LinkSetName(child, name); !errors.Is(err, unix.EEXIST) {
+			break
+		}
+	}
+	if err != nil {
+		_ = h.LinkDel(child)
+		return nil, fmt.Errorf("name %s in %s: %w", tmp, rec.NetNSPath, err)
+	}
+	if child, err = h.LinkByName(name); err != nil {
+		return nil, fmt.Errorf("find %s in %s: %w", name, rec.NetNSPath, err)
+	}
+	return child, nil
+}
+
+// RemoveEndpoint deletes the endpoint's child inside its namespace, then the
+// record. A namespace that is gone took the child with it: success.
+func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) error {
+	var rec epRecord
+	has, err := d.eps.get(o.Key, &rec)
+	if err != nil || !has {
+		return err // no record: nothing of ours to find
+	}
+	if err := d.deleteChildren(rec); err != nil {
+		return err
+	}
+	if err := d.eps.del(o.Key); err != nil {
+		return err
+	}
+	d.log.WithFields(logrus.Fields{"ep": o.Key, "netns": rec.NetNSPath}).Info("endpoint unplugged")
+	// The last user of a subinterface of ours may have been this endpoint, its
+	// network already gone (the agent removes endpoints first; a failed removal
+	// retried later comes after).
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.gcVLANs()
+}
+
+// deleteChildren deletes every child of the record's endpoint in the record's
+// namespace; only links whose alias names this endpoint are touched.
+func (d *Driver) deleteChildren(rec epRecord) error {
+	h, ns, gone, err := openNS(rec)
+	if gone {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("endpoint %s: %w", rec.Key, err)
+	}
+	defer ns.Close()
+	defer h.Close()
+	children, err := childrenOf(h, rec.Key)
+	if err != nil {
+		return fmt.Errorf("endpoint %s: netns %s: %w", rec.Key, rec.NetNSPath, err)
+	}
+	for _, c := range children {
+		if err := h.LinkDel(c.Link); err != nil && !nl.IsNotFound(err) {
+			return fmt.Errorf("endpoint %s: delete %s in %s: %w", rec.Key, c.Link.Attrs().Name, rec.NetNSPath, err)
+		}
+	}
+	return nil
+}
+
+// inspect finds the record's child and judges it. lower is the host link the
+// child must hang off (nil: missing, so the child cannot be healthy).
+func (d *Driver) inspect(rec epRecord, lower netlink.Link) core.ObservedEndpoint {
+	obs := core.ObservedEndpoint{Key: rec.Key, Fingerprint: rec.Fingerprint}
+	h, ns, gone, err := openNS(rec)
+	if gone || err != nil {
+		if err != nil {
+			d.log.WithError(err).WithField("ep", rec.Key).Warn("cannot look into the endpoint's namespace")
+		}
+		return obs
+	}
+	defer ns.Close()
+	defer h.Close()
+	children, err := childrenOf(h, rec.Key)
+	if err != nil || len(children) == 0 {
+		return obs
+	}
+	c := children[0]
+	attrs := c.Link.Attrs()
+	obs.Fingerprint, obs.IfName, obs.IfIndex = c.Fields[0], attrs.Name, attrs.Index
+	if lower == nil || len(children) > 1 || attrs.Flags&net.FlagUp == 0 || !sound(c.Link, lower.Attrs().Index, rec) {
+		return obs
+	}
+	obs.Healthy = hasAddr(h, c.Link, rec.Addr)
+	return obs
+}
+
+// sound reports whether link is a macvlan child of lowerIndex with the record's
+// mode and MAC: what cannot be repaired in place.
+func sound(link netlink.Link, lowerIndex int, rec epRecord) bool {
+	mv, ok := link.(*netlink.Macvlan)
+	if !ok || mv.ParentIndex != lowerIndex {
+		return false
+	}
+	if mode, _ := kernelMode(rec.Mode); mv.Mode != mode {
+		return false
+	}
+	return rec.MAC == "" || mv.HardwareAddr.String() == rec.MAC
+}
+
+func hasAddr(h *netlink.Handle, link netlink.Link, cidr string) bool {
+	addrs, err := nl.AddrList(h, link, netlink.FAMILY_V4)
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if a.IPNet.String() == cidr {
+			return true
+		}
+	}
+	return false
+}
+
+// childrenOf lists the links in the namespace of h marked as the endpoint's.
+// A child a crash left unmarked under its temporary name counts too (with no
+// fingerprint, so that it is never kept).
+func childrenOf(h *netlink.Handle, key string) ([]nl.OwnedLink, error) {
+	links, err := nl.LinkList(h)
+	if err != nil {
+		return nil, err
+	}
+	var out []nl.OwnedLink
+	for _, l := range links {
+		if f, ok := nl.ParseAlias(l.Attrs().Alias, kindEP, 2); ok && f[1] == key {
+			out = append(out, nl.OwnedLink{Link: l, Fields: f})
+		} else if _, mv := l.(*netlink.Macvlan); mv && !ok && l.Attrs().Name == tmpChildName(key) {
+			out = append(out, nl.OwnedLink{Link: l, Fields: []string{"", key}})
+		}
+	}
+	return out, nil
+}
+
+// openNS opens the record's namespace. gone reports that it no longer exists, or
+// that its path now holds another namespace (a restarted container): either way
+// the children made in the recorded one died with it.
+func openNS(rec epRecord) (h *netlink.Handle, ns netns.NsHandle, gone bool, err error) {
+	id, err := nl.NetNSID(rec.NetNSPath)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && rec.NetNSID != "" && id != rec.NetNSID) {
+		return nil, 0, true, nil
+	}
+	if err != nil {
+		return nil, 0, false, err
+	}
+	h, ns, err = nl.InNS(rec.NetNSPath)
+	if errors.Is(err, unix.EINVAL) {
+		return nil, 0, true, nil // a leftover mount point that is no namespace any more
+	}
+	return h, ns, false, err
+}
