@@ -73,7 +73,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	defer d.mu.Unlock()
 	d.giveBackStrays()
 	var old binding
-	had, err := d.eps.get(ep.Key(), &old)
+	had, err := d.eps.Get(ep.Key(), &old)
 	if err != nil {
 		return obs, err
 	}
@@ -110,7 +110,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	} else if b.Orig, err = d.snapshot(link); err != nil {
 		return obs, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
 	}
-	if err := d.eps.put(b.Key, b); err != nil {
+	if err := d.eps.Put(b.Key, b); err != nil {
 		return obs, err
 	}
 	name, index, err := d.take(link, b, cif)

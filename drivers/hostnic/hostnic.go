@@ -55,6 +55,7 @@ import (
 
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/internal/nl"
+	"github.com/netplugin/netplugin/internal/recstore"
 )
 
 // Name is the driver's name in network specs.
@@ -96,8 +97,8 @@ type Driver struct {
 	log        *logrus.Entry
 	host       *netlink.Handle
 	hostNS     netns.NsHandle // where NICs are given back to
-	nets       records
-	eps        records
+	nets       recstore.Dir
+	eps        recstore.Dir
 	returnWait time.Duration
 	// mu serialises everything: moves of NICs are rare, and every operation
 	// first gives stray NICs back and checks bindings against each other.
@@ -111,11 +112,11 @@ func New(log *logrus.Entry, cfg Config) (*Driver, error) {
 	if cfg.StateDir == "" {
 		return nil, fmt.Errorf("%w: hostnic driver needs a state dir", core.ErrInvalid)
 	}
-	nets, err := openRecords(filepath.Join(cfg.StateDir, "networks"))
+	nets, err := recstore.Open(filepath.Join(cfg.StateDir, "networks"))
 	if err != nil {
 		return nil, err
 	}
-	eps, err := openRecords(filepath.Join(cfg.StateDir, "endpoints"))
+	eps, err := recstore.Open(filepath.Join(cfg.StateDir, "endpoints"))
 	if err != nil {
 		return nil, err
 	}
@@ -250,14 +251,14 @@ func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
 			}
 		}
 	}
-	return d.nets.put(n.Key(), netRecord{Key: n.Key(), Fingerprint: n.Fingerprint()})
+	return d.nets.Put(n.Key(), netRecord{Key: n.Key(), Fingerprint: n.Fingerprint()})
 }
 
 // RemoveNetwork forgets the network; NICs come back with their endpoints.
 func (d *Driver) RemoveNetwork(ctx context.Context, o core.ObservedNetwork) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.nets.del(o.Key)
+	return d.nets.Del(o.Key)
 }
 
 // Observe first gives back NICs of ours that turned up on the host, then
@@ -267,7 +268,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.giveBackStrays()
-	nets, bad, err := listRecords[netRecord](d.nets)
+	nets, bad, err := recstore.List[netRecord](d.nets)
 	if err != nil {
 		return a, err
 	}
@@ -275,7 +276,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 	for _, r := range nets {
 		a.Networks[r.Key] = core.ObservedNetwork{Key: r.Key, Fingerprint: r.Fingerprint}
 	}
-	bs, bad, err := listRecords[binding](d.eps)
+	bs, bad, err := recstore.List[binding](d.eps)
 	if err != nil {
 		return a, err
 	}
@@ -284,7 +285,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 		if !b.Detached.IsZero() {
 			if time.Since(b.Detached) > forgetAfter {
 				d.log.WithFields(logrus.Fields{"ep": b.Key, "nic": b.Orig.Name, "mac": b.MAC}).Warn("NIC never came back; forgetting it")
-				_ = d.eps.del(b.Key)
+				_ = d.eps.Del(b.Key)
 			}
 			continue // removed as far as the agent is concerned
 		}

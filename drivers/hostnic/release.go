@@ -23,7 +23,7 @@ func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) er
 	defer d.mu.Unlock()
 	d.giveBackStrays()
 	var b binding
-	has, err := d.eps.get(o.Key, &b)
+	has, err := d.eps.Get(o.Key, &b)
 	if err != nil || !has || !b.Detached.IsZero() {
 		return err // no binding, or removed already and waiting for the NIC
 	}
@@ -65,11 +65,11 @@ func (d *Driver) release(ctx context.Context, b binding) error {
 	case gone:
 		b.Detached = time.Now()
 		log.Warn("NIC has not come back from the destroyed namespace yet; it is given back when it shows up")
-		return d.eps.put(b.Key, b)
+		return d.eps.Put(b.Key, b)
 	default:
 		log.Warn("NIC is gone (a virtual NIC deleted, or unplugged); forgetting it")
 	}
-	return d.eps.del(b.Key)
+	return d.eps.Del(b.Key)
 }
 
 // moveOut sends the binding's NIC from the namespace of h back to the host.
@@ -220,7 +220,7 @@ func (d *Driver) giveBackStrays() {
 		key := o.Fields[2]
 		log := d.log.WithFields(logrus.Fields{"ep": key, "link": o.Link.Attrs().Name, "nic": o.Fields[1]})
 		var b binding
-		has, err := d.eps.get(key, &b)
+		has, err := d.eps.Get(key, &b)
 		if err != nil {
 			log.WithError(err).Warn("read binding; will retry")
 			continue
@@ -236,7 +236,7 @@ func (d *Driver) giveBackStrays() {
 		}
 		log.Info("NIC that came back to the host restored")
 		if has && !b.Detached.IsZero() {
-			if err := d.eps.del(key); err != nil {
+			if err := d.eps.Del(key); err != nil {
 				log.WithError(err).Warn("drop binding; will retry")
 			}
 		}

@@ -10,13 +10,14 @@ import (
 
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/internal/nl"
+	"github.com/netplugin/netplugin/internal/recstore"
 )
 
 // boundTo returns the endpoint (other than except) whose binding holds the NIC
 // sel names, or "". A bound NIC is inside a container, so the host cannot see
 // it: the bindings are what tell "in use" from "not found".
 func (d *Driver) boundTo(sel selector, except string) (string, error) {
-	bs, bad, err := listRecords[binding](d.eps)
+	bs, bad, err := recstore.List[binding](d.eps)
 	if err != nil {
 		return "", err
 	}

@@ -73,8 +73,8 @@ func TestRecordsRoundTrip(t *testing.T) {
 	}
 	// A crash mid-write leaves a temp file; an edited record may not decode.
 	// Neither may stop a listing.
-	for name, body := range map[string]string{".tmp-123": "{", "t%2Fbroken.json": "{"} {
-		if err := os.WriteFile(filepath.Join(dir, epsDir, name), []byte(body), 0o600); err != nil {
+	for name, body := range map[string]string{".t%2Fa.json.tmp123": "{", "t%2Fbroken.json": "{"} {
+		if err := os.WriteFile(filepath.Join(dir, "endpoints", name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -82,11 +82,11 @@ func TestRecordsRoundTrip(t *testing.T) {
 	if err != nil || len(eps) != 1 || eps[0] != ep {
 		t.Fatalf("listEPs = %+v %v", eps, err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, epsDir, ".tmp-123")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(dir, "endpoints", ".t%2Fa.json.tmp123")); !os.IsNotExist(err) {
 		t.Fatalf("leftover temp file not cleaned: %v", err)
 	}
-	fi, err := os.Stat(r.path(epsDir, "t/a"))
-	if err != nil || fi.Mode().Perm() != fileMode {
+	fi, err := os.Stat(filepath.Join(dir, "endpoints", "t%2Fa.json"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("record file: %v %v", fi, err)
 	}
 	for i := 0; i < 2; i++ { // removing twice is fine

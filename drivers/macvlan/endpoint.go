@@ -69,7 +69,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	// A child left in another namespace by an older spec (the container was
 	// restarted into a new one) goes first: one endpoint, one child.
 	var old epRecord
-	hadRecord, err := d.eps.get(ep.Key(), &old)
+	hadRecord, err := d.eps.Get(ep.Key(), &old)
 	if err != nil {
 		return obs, err
 	}
@@ -83,7 +83,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	// The record is written before the child exists: a crash then leaves a record
 	// without a child (the next Ensure makes it), never a child nobody knows of.
 	if !hadRecord || old != rec {
-		if err := d.eps.put(ep.Key(), rec); err != nil {
+		if err := d.eps.Put(ep.Key(), rec); err != nil {
 			return obs, err
 		}
 	}
@@ -95,7 +95,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	defer ns.Close()
 	defer h.Close()
 	cif := nl.ContainerIf{IP: ep.IP, Prefix: prefix, Gateway: ep.Net.Gateway}
-	children, err := childrenOf(h, ep.Key())
+	children, used, err := listChildren(h, ep.Key(), rec.MAC)
 	if err != nil {
 		return obs, fmt.Errorf("endpoint %s: netns %s: %w", ep.Key(), ep.NetNSPath, err)
 	}
@@ -119,16 +119,19 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 		return obs, nil
 	}
 
-	child, err := d.createChild(h, ns, lower, rec, mode, mac, nl.Alias(kindEP, fp, ep.Key()))
+	for _, c := range children {
+		delete(used, c.Link.Attrs().Name) // removed above
+	}
+	child, err := d.createChild(h, ns, lower, rec, mode, mac, nl.Alias(kindEP, fp, ep.Key()), used)
 	if err != nil {
 		// Nothing of this endpoint exists now; forget it so that a refused
 		// endpoint leaves no trace.
-		_ = d.eps.del(ep.Key())
+		_ = d.eps.Del(ep.Key())
 		return obs, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
 	}
 	if err := nl.ConfigureIf(h, child, cif); err != nil {
 		_ = h.LinkDel(child) // leave nothing half-made behind
-		_ = d.eps.del(ep.Key())
+		_ = d.eps.Del(ep.Key())
 		if errors.Is(err, unix.EADDRINUSE) {
 			// The kernel checks a child's MAC against its siblings when it goes up.
 			return obs, fmt.Errorf("endpoint %s: %w: MAC %s is already used on %s (every endpoint needs its own MAC)",
@@ -141,22 +144,36 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	return obs, nil
 }
 
-// tmpChildName is a child's name between its creation and its rename to ethN
-// ("npm" + 10 hex). The kernel ignores an alias given at creation, so for a
-// moment the name is the only mark: a crash then leaves a child that is still
-// recognisably the endpoint's.
+// tmpChildName is a passthru child's name between its creation and its rename
+// to ethN ("npm" + 10 hex): a passthru child has the parent's MAC, not one of its
+// own, so only this name marks it as the endpoint's until its alias is set.
 func tmpChildName(key string) string { return core.LinkPrefix + "m" + core.Short(key) }
 
-// createChild makes the macvlan child inside the namespace of h (ns), marks it
-// with alias and names it the lowest free ethN.
+// createChild makes the macvlan child inside the namespace of h (ns), named the
+// lowest ethN not in used, and marks it with alias. The kernel ignores an alias
+// given at creation; until it is set, the recorded MAC identifies the child.
 func (d *Driver) createChild(h *netlink.Handle, ns netns.NsHandle, lower netlink.Link, rec epRecord,
-	mode netlink.MacvlanMode, mac net.HardwareAddr, alias string) (netlink.Link, error) {
-	tmp := tmpChildName(rec.Key)
-	mv := &netlink.Macvlan{Mode: mode, LinkAttrs: netlink.LinkAttrs{Name: tmp, ParentIndex: lower.Attrs().Index,
+	mode netlink.MacvlanMode, mac net.HardwareAddr, alias string, used map[string]bool) (netlink.Link, error) {
+	name := tmpChildName(rec.Key)
+	if mac != nil {
+		for i := 0; ; i++ {
+			if n := fmt.Sprintf("eth%d", i); !used[n] {
+				name = n
+				break
+			}
+		}
+	}
+	mv := &netlink.Macvlan{Mode: mode, LinkAttrs: netlink.LinkAttrs{Name: name, ParentIndex: lower.Attrs().Index,
 		Namespace: netlink.NsFd(int(ns)), HardwareAddr: mac}}
 	// The host handle resolves the parent in the host namespace; the kernel
 	// creates the child directly in the container's (no move, no RCU wait).
 	err := d.host.LinkAdd(mv)
+	if errors.Is(err, unix.EEXIST) && name != tmpChildName(rec.Key) {
+		// A parallel Ensure of another endpoint took ethN in the same
+		// namespace: fall back to the temporary name and a rename.
+		mv.Name = tmpChildName(rec.Key)
+		err = d.host.LinkAdd(mv)
+	}
 	switch {
 	case errors.Is(err, unix.EADDRINUSE):
 		return nil, fmt.Errorf("%w: MAC %s is already used on %s (every endpoint needs its own MAC)", core.ErrInUse, rec.MAC, rec.Lower)
@@ -167,15 +184,17 @@ func (d *Driver) createChild(h *netlink.Handle, ns netns.NsHandle, lower netlink
 	case err != nil:
 		return nil, fmt.Errorf("create macvlan on %s in %s: %w", rec.Lower, rec.NetNSPath, err)
 	}
-	child, err := h.LinkByName(tmp)
+	child, err := h.LinkByName(mv.Name)
 	if err != nil {
-		return nil, fmt.Errorf("find %s in %s: %w", tmp, rec.NetNSPath, err)
+		return nil, fmt.Errorf("find %s in %s: %w", mv.Name, rec.NetNSPath, err)
 	}
 	if err := h.LinkSetAlias(child, alias); err != nil {
 		_ = h.LinkDel(child)
-		return nil, fmt.Errorf("mark %s: %w", tmp, err)
+		return nil, fmt.Errorf("mark %s: %w", mv.Name, err)
 	}
-	var name string
+	if mv.Name != tmpChildName(rec.Key) {
+		return child, nil
+	}
 	for i := 0; i < nameRetries; i++ {
 		if name, err = nl.FreeIfName(h, "eth"); err != nil {
 			break
@@ -187,7 +206,7 @@ func (d *Driver) createChild(h *netlink.Handle, ns netns.NsHandle, lower netlink
 	}
 	if err != nil {
 		_ = h.LinkDel(child)
-		return nil, fmt.Errorf("name %s in %s: %w", tmp, rec.NetNSPath, err)
+		return nil, fmt.Errorf("name %s in %s: %w", mv.Name, rec.NetNSPath, err)
 	}
 	if child, err = h.LinkByName(name); err != nil {
 		return nil, fmt.Errorf("find %s in %s: %w", name, rec.NetNSPath, err)
@@ -199,14 +218,14 @@ func (d *Driver) createChild(h *netlink.Handle, ns netns.NsHandle, lower netlink
 // record. A namespace that is gone took the child with it: success.
 func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) error {
 	var rec epRecord
-	has, err := d.eps.get(o.Key, &rec)
+	has, err := d.eps.Get(o.Key, &rec)
 	if err != nil || !has {
 		return err // no record: nothing of ours to find
 	}
 	if err := d.deleteChildren(rec); err != nil {
 		return err
 	}
-	if err := d.eps.del(o.Key); err != nil {
+	if err := d.eps.Del(o.Key); err != nil {
 		return err
 	}
 	d.log.WithFields(logrus.Fields{"ep": o.Key, "netns": rec.NetNSPath}).Info("endpoint unplugged")
@@ -299,19 +318,34 @@ func hasAddr(h *netlink.Handle, link netlink.Link, cidr string) bool {
 // A child a crash left unmarked under its temporary name counts too (with no
 // fingerprint, so that it is never kept).
 func childrenOf(h *netlink.Handle, key string) ([]nl.OwnedLink, error) {
+	owned, _, err := listChildren(h, key, "")
+	return owned, err
+}
+
+// listChildren lists the endpoint's children in the namespace of h and the link
+// names in use there. A child is the endpoint's when its alias says so, or —
+// left by a crash between creation and marking — when it is an unmarked macvlan
+// with the endpoint's temporary name or recorded MAC (MACs are unique per endpoint).
+func listChildren(h *netlink.Handle, key, mac string) ([]nl.OwnedLink, map[string]bool, error) {
 	links, err := nl.LinkList(h)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var out []nl.OwnedLink
+	used := make(map[string]bool, len(links))
 	for _, l := range links {
-		if f, ok := nl.ParseAlias(l.Attrs().Alias, kindEP, 2); ok && f[1] == key {
+		used[l.Attrs().Name] = true
+		f, ok := nl.ParseAlias(l.Attrs().Alias, kindEP, 2)
+		_, mv := l.(*netlink.Macvlan)
+		switch {
+		case ok && f[1] == key:
 			out = append(out, nl.OwnedLink{Link: l, Fields: f})
-		} else if _, mv := l.(*netlink.Macvlan); mv && !ok && l.Attrs().Name == tmpChildName(key) {
+		case mv && !ok && l.Attrs().Alias == "" &&
+			(l.Attrs().Name == tmpChildName(key) || (mac != "" && l.Attrs().HardwareAddr.String() == mac)):
 			out = append(out, nl.OwnedLink{Link: l, Fields: []string{"", key}})
 		}
 	}
-	return out, nil
+	return out, used, nil
 }
 
 // openNS opens the record's namespace. gone reports that it no longer exists, or

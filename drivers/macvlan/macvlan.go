@@ -63,6 +63,7 @@ import (
 
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/internal/nl"
+	"github.com/netplugin/netplugin/internal/recstore"
 )
 
 // Name is the driver's name in network specs.
@@ -106,8 +107,8 @@ type Config struct {
 type Driver struct {
 	log  *logrus.Entry
 	host *netlink.Handle // the host namespace; its sockets stay bound to it
-	nets records
-	eps  records
+	nets recstore.Dir
+	eps  recstore.Dir
 	// mu serialises network changes: the mode check reads every network record
 	// and the subinterface clean-up must not race a network being ensured.
 	mu sync.Mutex
@@ -120,11 +121,11 @@ func New(log *logrus.Entry, cfg Config) (*Driver, error) {
 	if cfg.StateDir == "" {
 		return nil, fmt.Errorf("%w: macvlan driver needs a state dir", core.ErrInvalid)
 	}
-	nets, err := openRecords(filepath.Join(cfg.StateDir, "networks"))
+	nets, err := recstore.Open(filepath.Join(cfg.StateDir, "networks"))
 	if err != nil {
 		return nil, err
 	}
-	eps, err := openRecords(filepath.Join(cfg.StateDir, "endpoints"))
+	eps, err := recstore.Open(filepath.Join(cfg.StateDir, "endpoints"))
 	if err != nil {
 		return nil, err
 	}
@@ -262,7 +263,7 @@ func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
 		}
 	}
 	rec := netRecord{Key: n.Key(), Fingerprint: n.Fingerprint(), Parent: o.parent, Mode: o.mode, VLAN: o.vlan, Lower: o.lower()}
-	if err := d.nets.put(n.Key(), rec); err != nil {
+	if err := d.nets.Put(n.Key(), rec); err != nil {
 		return err
 	}
 	// The network may have moved off a subinterface of ours (vlan= changed).
@@ -284,7 +285,7 @@ func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
 // checkModes refuses a network whose mode differs from another network on the
 // same lower device, and any second network on a passthru one.
 func (d *Driver) checkModes(key string, o netOpts) error {
-	recs, bad, err := listRecords[netRecord](d.nets)
+	recs, bad, err := recstore.List[netRecord](d.nets)
 	if err != nil {
 		return err
 	}
@@ -309,7 +310,7 @@ func (d *Driver) checkModes(key string, o netOpts) error {
 func (d *Driver) RemoveNetwork(ctx context.Context, o core.ObservedNetwork) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.nets.del(o.Key); err != nil {
+	if err := d.nets.Del(o.Key); err != nil {
 		return err
 	}
 	return d.gcVLANs()
@@ -328,7 +329,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 	for _, l := range links {
 		hostLinks[l.Attrs().Name] = l
 	}
-	nets, bad, err := listRecords[netRecord](d.nets)
+	nets, bad, err := recstore.List[netRecord](d.nets)
 	if err != nil {
 		return a, err
 	}
@@ -342,7 +343,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 		}
 		a.Networks[r.Key] = core.ObservedNetwork{Key: r.Key, Fingerprint: fp}
 	}
-	eps, bad, err := listRecords[epRecord](d.eps)
+	eps, bad, err := recstore.List[epRecord](d.eps)
 	if err != nil {
 		return a, err
 	}

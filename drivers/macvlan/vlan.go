@@ -11,6 +11,7 @@ import (
 
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/internal/nl"
+	"github.com/netplugin/netplugin/internal/recstore"
 )
 
 // ensureVLAN returns the network's 802.1Q subinterface of parent, creating it
@@ -95,11 +96,11 @@ func (d *Driver) gcVLANs() error {
 	if err != nil || len(owned) == 0 {
 		return err
 	}
-	nets, badNets, err := listRecords[netRecord](d.nets)
+	nets, badNets, err := recstore.List[netRecord](d.nets)
 	if err != nil {
 		return err
 	}
-	eps, badEps, err := listRecords[epRecord](d.eps)
+	eps, badEps, err := recstore.List[epRecord](d.eps)
 	if err != nil {
 		return err
 	}

@@ -38,13 +38,20 @@ const dirPrefix = "np-dockerd-"
 const sunPathMax = 108
 
 // daemon is a private dockerd + containerd pair owned by this process.
+//
+// dockerd may be stopped and started again (RestartDaemon, KillDaemon,
+// StartDaemon) while containerd keeps running: dockerd is then replaced by
+// a new proc with the same binary and arguments. A daemon is not safe for
+// concurrent use.
 type daemon struct {
-	dir        string
-	socket     string
-	cli        string
-	containerd *proc
-	dockerd    *proc
-	logf       func(string, ...any)
+	dir         string
+	socket      string
+	cli         string
+	dockerdBin  string
+	dockerdArgs []string // identical for every start, so restarts see the same daemon
+	containerd  *proc
+	dockerd     *proc // the latest dockerd; exited while the test keeps it down
+	logf        func(string, ...any)
 }
 
 // proc is a child process whose exit is observed by a dedicated goroutine.
@@ -122,7 +129,7 @@ func spawn(cmd *exec.Cmd, name string, deathSig syscall.Signal) (*proc, error) {
 // startDaemon starts containerd and dockerd under a new /tmp/np-dockerd-*
 // directory and waits until dockerd answers /_ping. On error nothing is
 // left behind.
-func startDaemon(ctx context.Context, logf func(string, ...any)) (_ *daemon, err error) {
+func startDaemon(ctx context.Context, opts PrivateOptions, logf func(string, ...any)) (_ *daemon, err error) {
 	sweepStale(logf)
 	cli, err := lookBin("docker")
 	if err != nil {
@@ -144,7 +151,7 @@ func startDaemon(ctx context.Context, logf func(string, ...any)) (_ *daemon, err
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{dir: dir, socket: filepath.Join(dir, "docker.sock"), cli: cli, logf: logf}
+	d := &daemon{dir: dir, socket: filepath.Join(dir, "docker.sock"), cli: cli, dockerdBin: dockerdBin, logf: logf}
 	defer func() {
 		if err != nil {
 			tail := d.logTail(15)
@@ -205,18 +212,13 @@ func startDaemon(ctx context.Context, logf func(string, ...any)) (_ *daemon, err
 		return nil, fmt.Errorf("containerd socket %s: %w", ctrdSock, err)
 	}
 
-	dockerdLog, err := os.Create(filepath.Join(dir, "dockerd.log"))
-	if err != nil {
-		return nil, err
-	}
-	defer dockerdLog.Close()
-	cmd = exec.Command(dockerdBin,
+	d.dockerdArgs = []string{
 		"--config-file", filepath.Join(dir, "daemon.json"),
 		"--containerd", ctrdSock,
 		"--data-root", filepath.Join(dir, "data"),
 		"--exec-root", filepath.Join(dir, "exec"),
 		"--pidfile", filepath.Join(dir, "docker.pid"),
-		"-H", "unix://"+d.socket,
+		"-H", "unix://" + d.socket,
 		// No docker0, no NAT: nothing a test does may reach eth0.
 		"--iptables=false", "--ip-masq=false", "--bridge=none",
 		"--userland-proxy=false",
@@ -224,15 +226,58 @@ func startDaemon(ctx context.Context, logf func(string, ...any)) (_ *daemon, err
 		// (memory accounting stays with the test) and every daemon has
 		// its own subtree, removed at teardown.
 		"--cgroup-parent", filepath.Base(dir),
-	)
-	cmd.Env, cmd.Stdout, cmd.Stderr = cleanEnv(), dockerdLog, dockerdLog
-	if d.dockerd, err = spawn(cmd, "dockerd", syscall.SIGTERM); err != nil {
+	}
+	if opts.LiveRestore {
+		// A flag rather than a daemon.json key: daemon.json keeps the
+		// layout scripts/dockerd-up.sh shares, and `ps` shows the mode.
+		// dockerd refuses a setting given both ways, so it is only here.
+		d.dockerdArgs = append(d.dockerdArgs, "--live-restore")
+	}
+	if err := d.startDockerd(ctx, 60*time.Second); err != nil {
 		return nil, err
 	}
-	if err := pingUntil(ctx, d.socket, 60*time.Second, d.dockerd); err != nil {
-		return nil, fmt.Errorf("dockerd on %s: %w", d.socket, err)
-	}
 	return d, nil
+}
+
+// startDockerd starts dockerd (again) on the daemon's running containerd
+// and waits up to limit until it answers /_ping. The previous dockerd, if
+// any, must have exited. On error the new dockerd is killed, so the daemon
+// is left with dockerd down and containerd up, which stop handles.
+func (d *daemon) startDockerd(ctx context.Context, limit time.Duration) error {
+	if d.dockerd != nil && !d.dockerd.exited() {
+		return fmt.Errorf("dockerd (pid %d) is still running", d.dockerd.cmd.Process.Pid)
+	}
+	if d.containerd == nil || d.containerd.exited() {
+		// dockerd would only retry its socket and give up; the harness
+		// never restarts containerd, since keeping it is the point.
+		return errors.New("containerd is not running")
+	}
+	// A dockerd killed with SIGKILL leaves its pidfile, and dockerd
+	// refuses to start while the PID in it names a live process, which
+	// after PID reuse can be any process. The previous dockerd has exited,
+	// so the file is stale.
+	if err := os.Remove(filepath.Join(d.dir, "docker.pid")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	// Appended, so the log tail of a failed test shows every run.
+	logFile, err := os.OpenFile(filepath.Join(d.dir, "dockerd.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	fmt.Fprintf(logFile, "=== testenv: starting dockerd %s\n", time.Now().Format(time.RFC3339Nano))
+	cmd := exec.Command(d.dockerdBin, d.dockerdArgs...)
+	cmd.Env, cmd.Stdout, cmd.Stderr = cleanEnv(), logFile, logFile
+	p, err := spawn(cmd, "dockerd", syscall.SIGTERM)
+	if err != nil {
+		return err
+	}
+	d.dockerd = p
+	if err := pingUntil(ctx, d.socket, limit, p); err != nil {
+		_ = p.terminate(syscall.SIGKILL, 10*time.Second)
+		return fmt.Errorf("dockerd on %s: %w", d.socket, err)
+	}
+	return nil
 }
 
 // containerdConfig keeps every containerd path under dir.
@@ -321,10 +366,12 @@ func pingUntil(ctx context.Context, sock string, limit time.Duration, p *proc) e
 }
 
 // stop removes all containers, stops dockerd and containerd, and removes
-// every trace: leftover processes, mounts, cgroups and the directory.
+// every trace: leftover processes, mounts, cgroups and the directory. If
+// the test left dockerd down (KillDaemon), its containers, still running
+// under containerd, go with the leftover processes.
 func (d *daemon) stop() error {
 	var errs []error
-	if d.dockerd != nil && !d.dockerd.exited() {
+	if d.dockerdRunning() {
 		// Containers go first, with force: dockerd's own shutdown would
 		// stop each with its stop timeout, and `sleep` as PID 1 ignores
 		// SIGTERM, so that is 10 s per container.

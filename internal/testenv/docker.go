@@ -20,6 +20,13 @@
 // Setting NETPLUGIN_TEST_DOCKER_HOST to a unix socket path (for example the
 // one scripts/dockerd-up.sh prints) makes every StartDocker reuse that
 // daemon instead.
+//
+// Tests of behaviour across dockerd restarts (a network plugin must keep
+// its state and its containers' networking) use StartPrivateDocker, which
+// always starts a daemon of the test's own, optionally with live-restore,
+// and then RestartDaemon (graceful), or KillDaemon (a crash) and later
+// StartDaemon. Only dockerd stops: containerd, and with it the shims and,
+// under live-restore, the containers, keeps running.
 package testenv
 
 import (
@@ -100,11 +107,43 @@ func StartDocker(t testing.TB) *Docker {
 		return d
 	}
 
+	return startPrivate(ctx, t, PrivateOptions{})
+}
+
+// PrivateOptions configures a daemon started by StartPrivateDocker. The
+// zero value is the daemon StartDocker starts.
+type PrivateOptions struct {
+	// LiveRestore starts dockerd with --live-restore: containers keep
+	// running while dockerd is down (RestartDaemon, KillDaemon) and the
+	// next dockerd adopts them. Without it a graceful stop stops every
+	// container, and the next dockerd starts those whose restart policy
+	// says so.
+	LiveRestore bool
+}
+
+// StartPrivateDocker starts a new private dockerd with Image imported,
+// whatever NETPLUGIN_TEST_DOCKER_HOST says, and stops and removes it in
+// t.Cleanup like StartDocker, also when the test fails or leaves dockerd
+// down. Tests that stop or restart the daemon (RestartDaemon, KillDaemon,
+// StartDaemon) need one: a shared daemon serves other tests.
+//
+// Prerequisites are handled as in StartDocker: installed when possible,
+// else the test is skipped.
+func StartPrivateDocker(t testing.TB, opts PrivateOptions) *Docker {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	return startPrivate(ctx, t, opts)
+}
+
+// startPrivate starts a private daemon owned by t.
+func startPrivate(ctx context.Context, t testing.TB, opts PrivateOptions) *Docker {
+	t.Helper()
 	if reason := ensurePrereqs(ctx, t.Logf); reason != "" {
 		t.Skip(reason)
 	}
 	start := time.Now()
-	own, err := startDaemon(ctx, t.Logf)
+	own, err := startDaemon(ctx, opts, t.Logf)
 	if err != nil {
 		t.Fatalf("starting private dockerd: %v", err)
 	}
@@ -120,7 +159,7 @@ func StartDocker(t testing.TB) *Docker {
 			t.Logf("private dockerd %s stopped and removed in %v", own.dir, time.Since(stopStart).Round(time.Millisecond))
 		}
 	})
-	t.Logf("private dockerd at %s answered in %v", d.socket, time.Since(start).Round(time.Millisecond))
+	t.Logf("private dockerd at %s answered in %v (live-restore %v)", d.socket, time.Since(start).Round(time.Millisecond), opts.LiveRestore)
 	if err := d.ensureImage(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +185,7 @@ func SharedDocker(m *testing.M) int {
 		return m.Run() // each StartDocker skips with the same reason
 	}
 	start := time.Now()
-	own, err := startDaemon(ctx, logf)
+	own, err := startDaemon(ctx, PrivateOptions{}, logf)
 	if err == nil {
 		logf("shared dockerd at %s answered in %v", own.socket, time.Since(start).Round(time.Millisecond))
 		d := &Docker{Image: DefaultImage, socket: own.socket, cli: own.cli, own: own}
@@ -215,6 +254,11 @@ func (d *Docker) RunContainer(t testing.TB, name string) string {
 		t.Fatalf("RunContainer %s: %v", name, err)
 	}
 	t.Cleanup(func() {
+		if d.own != nil && !d.own.dockerdRunning() {
+			// The test left dockerd down (KillDaemon); the daemon's
+			// teardown, which runs next, removes the container.
+			return
+		}
 		// -f: sleep as PID 1 ignores SIGTERM, so a graceful stop would
 		// wait the full 10 s stop timeout.
 		if _, err := d.CLI(t, "rm", "-f", "-v", id); err != nil && !strings.Contains(err.Error(), "No such container") {

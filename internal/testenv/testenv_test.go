@@ -227,7 +227,7 @@ func TestSweepAfterCrash(t *testing.T) {
 func crashChild() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	d, err := startDaemon(ctx, func(string, ...any) {})
+	d, err := startDaemon(ctx, PrivateOptions{}, func(string, ...any) {})
 	if err == nil {
 		dk := &Docker{Image: DefaultImage, socket: d.socket, cli: d.cli}
 		if err = dk.ensureImage(ctx); err == nil {

@@ -347,7 +347,9 @@ func (a *Agent) errStatus(msg string) core.EndpointStatus {
 }
 
 func (a *Agent) syncDriver(ctx context.Context, drv core.Driver, d core.Desired, hold map[string]bool, status map[string]core.EndpointStatus) error {
+	observeStart := time.Now()
 	actual, err := drv.Observe(ctx)
+	observed := time.Since(observeStart)
 	if err != nil {
 		for _, e := range d.Endpoints {
 			status[e.Key()] = a.errStatus("observe: " + err.Error())
@@ -370,7 +372,10 @@ func (a *Agent) syncDriver(ctx context.Context, drv core.Driver, d core.Desired,
 	log := a.log.WithField("driver", drv.Name())
 	if !plan.Empty() {
 		log.WithFields(logrus.Fields{"ensureNets": len(plan.EnsureNets), "ensureEPs": len(plan.EnsureEPs),
-			"removeEPs": len(plan.RemoveEPs), "removeNets": len(plan.RemoveNets)}).Info("applying plan")
+			"removeEPs": len(plan.RemoveEPs), "removeNets": len(plan.RemoveNets), "observe": observed.Round(time.Microsecond)}).Info("applying plan")
+		defer func(start time.Time) {
+			log.WithField("took", time.Since(start).Round(time.Microsecond)).Info("plan applied")
+		}(time.Now())
 	}
 	var errs []error
 	netErr := map[string]error{}

@@ -1,4 +1,14 @@
-package macvlan
+// Package recstore keeps the records drivers write about what they programmed
+// inside containers (where the host cannot list it): one small JSON file per
+// object in a directory.
+//
+// A write goes to a temporary file renamed over the record, so a crash of the
+// agent at any point leaves the old record or the new one, never a torn one (the
+// hostnic seed lost its state with a plain WriteFile). Writes are not fsynced:
+// a process crash loses nothing that reached the page cache, and what the
+// records describe — namespaces and the links in them — does not survive a
+// machine crash either. Syncing cost more than the kernel work per endpoint.
+package recstore
 
 import (
 	"encoding/json"
@@ -11,39 +21,41 @@ import (
 	"strings"
 )
 
-// records keeps one small JSON file per object in a directory. A write goes to a
-// temporary file that is fsynced and renamed over the record, and the directory
-// is fsynced, so a crash at any point leaves either the old or the new record,
-// never a torn one (the hostnic seed lost its state with a plain WriteFile).
-//
-// The same ~80 lines live in drivers/hostnic: the two drivers must not depend on
-// each other, and the helper is too small for a shared package of its own yet.
-type records struct{ dir string }
+// Dir is a directory of records.
+type Dir struct{ dir string }
 
 const recExt = ".json"
 
-func openRecords(dir string) (records, error) {
+// Open makes the directory if needed and clears temporary files of a crashed write.
+func Open(dir string) (Dir, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return records{}, fmt.Errorf("state dir %s: %w", dir, err)
+		return Dir{}, fmt.Errorf("state dir %s: %w", dir, err)
 	}
 	// A crash between create and rename leaves a temporary file; it was never a record.
 	tmps, _ := filepath.Glob(filepath.Join(dir, ".*.tmp*"))
 	for _, t := range tmps {
 		_ = os.Remove(t)
 	}
-	return records{dir: dir}, nil
+	return Dir{dir: dir}, nil
 }
 
 // path escapes the key ("tenant/name") into one file name; keys are names of
 // [A-Za-z0-9_.-], so the result stays readable and distinct keys never collide.
-func (r records) path(key string) string {
+func (r Dir) path(key string) string {
 	return filepath.Join(r.dir, url.PathEscape(key)+recExt)
 }
 
-func (r records) put(key string, v any) error {
+// At is the directory dir without touching the disk; Put creates it.
+func At(dir string) Dir { return Dir{dir: dir} }
+
+// Put writes the record of key.
+func (r Dir) Put(key string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode record %s: %w", key, err)
+	}
+	if err := os.MkdirAll(r.dir, 0o700); err != nil {
+		return fmt.Errorf("state dir %s: %w", r.dir, err)
 	}
 	final := r.path(key)
 	f, err := os.CreateTemp(r.dir, "."+filepath.Base(final)+".tmp*")
@@ -52,9 +64,6 @@ func (r records) put(key string, v any) error {
 	}
 	tmp := f.Name()
 	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -65,11 +74,11 @@ func (r records) put(key string, v any) error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("write record %s: %w", key, err)
 	}
-	return syncDir(r.dir)
+	return nil
 }
 
-// get loads the record of key into v and reports whether it exists.
-func (r records) get(key string, v any) (bool, error) {
+// Get loads the record of key into v and reports whether it exists.
+func (r Dir) Get(key string, v any) (bool, error) {
 	b, err := os.ReadFile(r.path(key))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
@@ -83,17 +92,21 @@ func (r records) get(key string, v any) (bool, error) {
 	return true, nil
 }
 
-func (r records) del(key string) error {
+// Del removes the record of key; an absent record is fine.
+func (r Dir) Del(key string) error {
 	if err := os.Remove(r.path(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("delete record %s: %w", key, err)
 	}
-	return syncDir(r.dir)
+	return nil
 }
 
-// listRecords decodes every record in r. A record that does not decode is
-// reported in bad and skipped, so that one damaged file cannot stop the driver.
-func listRecords[T any](r records) (out []T, bad []error, err error) {
+// List decodes every record in r. A record that does not decode is reported in
+// bad and skipped, so that one damaged file cannot stop the driver.
+func List[T any](r Dir) (out []T, bad []error, err error) {
 	ents, err := os.ReadDir(r.dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil // nothing recorded yet
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("list records in %s: %w", r.dir, err)
 	}
@@ -117,17 +130,4 @@ func listRecords[T any](r records) (out []T, bad []error, err error) {
 		out = append(out, v)
 	}
 	return out, bad, nil
-}
-
-// syncDir makes a rename or remove in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }
