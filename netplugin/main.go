@@ -25,6 +25,7 @@ import (
 	"github.com/netplugin/netplugin/drivers/ipvlan"
 	"github.com/netplugin/netplugin/drivers/linuxbridge"
 	"github.com/netplugin/netplugin/drivers/macvlan"
+	"github.com/netplugin/netplugin/drivers/ovs"
 	"github.com/netplugin/netplugin/internal/docker"
 	"github.com/netplugin/netplugin/mgmtfn"
 	"github.com/netplugin/netplugin/netplugin/agent"
@@ -46,7 +47,12 @@ func main() {
 			&cli.StringFlag{Name: "docker-socket", Value: "/var/run/docker.sock", Usage: "Docker Engine API socket, to find containers' namespaces"},
 			&cli.StringFlag{Name: "docker-plugin", Value: "netplugin", Usage: "name of the Docker network and IPAM driver served (-d NAME --ipam-driver NAME); empty: none"},
 			&cli.StringFlag{Name: "docker-plugin-dir", Value: mgmtfn.DefaultSocketDir, Usage: "where Docker looks for plugin sockets"},
-			&cli.StringSliceFlag{Name: "drivers", Value: cli.NewStringSlice(linuxbridge.Name, macvlan.Name, ipvlan.Name, hostnic.Name), Usage: "drivers to enable"},
+			&cli.StringSliceFlag{Name: "drivers", Value: cli.NewStringSlice(linuxbridge.Name, macvlan.Name, ipvlan.Name, hostnic.Name), Usage: "drivers to enable (ovs needs ovs-vswitchd)"},
+			&cli.StringFlag{Name: "ovsdb", Value: ovs.DefaultOVSDB, Usage: "OVS driver: ovsdb-server address (unix:PATH or tcp:HOST:PORT)"},
+			&cli.StringFlag{Name: "ovs-bridge", Value: ovs.DefaultBridge, Usage: "OVS driver: integration bridge"},
+			&cli.StringFlag{Name: "ovs-datapath", Value: ovs.DefaultDatapathType, Usage: "OVS driver: datapath type of new bridges (system, or netdev without the kernel module)"},
+			&cli.StringFlag{Name: "ovs-uplink", Usage: "OVS driver: interface added as a trunk port carrying the VLAN networks (never taken implicitly)"},
+			&cli.StringFlag{Name: "ovs-netns", Usage: "OVS driver: namespace ovs-vswitchd runs in, if not the agent's (tests run several)"},
 			&cli.StringFlag{Name: "vtep-ip", Usage: "this host's underlay address, published to the other hosts (VXLAN tunnels, routes to routed networks)"},
 			&cli.DurationFlag{Name: "resync", Value: 10 * time.Second, Usage: "full resync period"},
 			&cli.IntFlag{Name: "workers", Value: 4, Usage: "endpoints programmed in parallel"},
@@ -115,8 +121,17 @@ func run(c *cli.Context) error {
 			}
 			defer d.Close()
 			drivers[name] = d
+		case ovs.Name:
+			d, err := ovs.New(ctx, ovs.Config{OVSDB: c.String("ovsdb"), Bridge: c.String("ovs-bridge"),
+				DatapathType: c.String("ovs-datapath"), Uplink: c.String("ovs-uplink"), VTEP: c.String("vtep-ip"),
+				HostNetNS: c.String("ovs-netns")}, log)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			drivers[name] = d
 		default:
-			return fmt.Errorf("unknown driver %q (have: %s, %s, %s, %s)", name, linuxbridge.Name, ipvlan.Name, macvlan.Name, hostnic.Name)
+			return fmt.Errorf("unknown driver %q (have: %s, %s, %s, %s, %s)", name, linuxbridge.Name, ovs.Name, ipvlan.Name, macvlan.Name, hostnic.Name)
 		}
 	}
 	metrics := agent.NewMetrics()
