@@ -27,7 +27,9 @@ const (
 )
 
 // driverOptions are the -o keys passed to the network's driver as its options.
-func driverOptions() []string { return []string{"parent", "mode", "mac", "nic", "vlan"} }
+func driverOptions() []string {
+	return []string{"parent", "mode", "mac", "nic", "vlan", "force", "host-prefix"}
+}
 
 func (p *Plugin) networkRoutes(m *http.ServeMux) {
 	m.HandleFunc("/NetworkDriver.GetCapabilities", handle(p, "GetCapabilities", func(context.Context, *empty) (*network.CapabilitiesResponse, error) {
@@ -262,8 +264,15 @@ func (p *Plugin) join(ctx context.Context, req *network.JoinRequest) (*network.J
 	}
 	// DisableGatewayService: never let Docker add docker_gwbridge (NAT towards
 	// the host's uplink); a network without a gateway simply has no default route.
-	return &network.JoinResponse{InterfaceName: network.InterfaceName{SrcName: src, DstPrefix: "eth"},
-		Gateway: n.Gateway, DisableGatewayService: true}, nil
+	resp := &network.JoinResponse{InterfaceName: network.InterfaceName{SrcName: src, DstPrefix: "eth"},
+		Gateway: n.Gateway, DisableGatewayService: true}
+	if _, routed := n.HostBlockLen(); routed {
+		// ipvlan l3 has no L2 neighbour to be a gateway: everything leaves
+		// through the device (RouteType 1: connected, no next hop).
+		resp.Gateway = ""
+		resp.StaticRoutes = []*network.StaticRoute{{Destination: "0.0.0.0/0", RouteType: 1}}
+	}
+	return resp, nil
 }
 
 func (p *Plugin) deleteEndpoint(ctx context.Context, req *network.DeleteEndpointRequest) (*empty, error) {
