@@ -9,6 +9,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/netplugin/netplugin/core"
+	"github.com/netplugin/netplugin/drivers/linuxbridge"
 	"github.com/netplugin/netplugin/internal/nl"
 	"github.com/netplugin/netplugin/state"
 )
@@ -90,7 +91,7 @@ func (b *bench) linuxbridge(ctx context.Context) ([]Result, error) {
 	agentNS = nil
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
-		if _, err := netlink.LinkByName(core.BridgeName(tenant + "/net")); nl.IsNotFound(err) {
+		if _, err := netlink.LinkByName(linuxbridge.BridgeName(host, tenant+"/net")); nl.IsNotFound(err) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/netplugin/netplugin/core"
+	"github.com/netplugin/netplugin/drivers/linuxbridge"
 	"github.com/netplugin/netplugin/internal/nstest"
 	"github.com/netplugin/netplugin/internal/testenv"
 )
@@ -125,7 +126,7 @@ func TestDockerContainers(t *testing.T) {
 		left := []string{}
 		links := nstest.Links(t)
 		for _, k := range []string{core.HostIfName(p + "/ep1"), core.HostIfName(p + "/ep2"), core.HostIfName(p + "/ep3"),
-			core.BridgeName(p + "/web"), core.BridgeName(p + "/db")} {
+			linuxbridge.BridgeName(host, p+"/web"), linuxbridge.BridgeName(host, p+"/db")} {
 			if links[k] {
 				left = append(left, k)
 			}

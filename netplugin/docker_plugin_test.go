@@ -110,12 +110,7 @@ func (e *pluginEnv) waitNoLeaks() {
 	e.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		var leaked []string
-		for l := range nstest.Links(e.t) {
-			if !e.before[l] && (strings.HasPrefix(l, "np") || strings.HasPrefix(l, "nq")) {
-				leaked = append(leaked, l)
-			}
-		}
+		leaked := nstest.MarkedLinks(e.t, e.host)
 		if len(leaked) == 0 && len(e.allocated()) == 0 {
 			return
 		}

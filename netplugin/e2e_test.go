@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/netplugin/netplugin/core"
+	"github.com/netplugin/netplugin/drivers/linuxbridge"
 	"github.com/netplugin/netplugin/internal/etcdtest"
 	"github.com/netplugin/netplugin/internal/nstest"
 )
@@ -232,7 +233,7 @@ func TestSIGKILLRestartIsInvisible(t *testing.T) {
 // hasOurs reports whether any link of this test's endpoints or bridge remains.
 func hasOurs(t *testing.T, p string) bool {
 	links := nstest.Links(t)
-	if links[core.BridgeName(p+"/net")] {
+	if links[linuxbridge.BridgeName(p+"-host", p+"/net")] {
 		return true
 	}
 	for i := 0; i < 50; i++ {

@@ -31,6 +31,7 @@ type Driver struct {
 	//   bridge:    netplugin:lbnet@<host>:<fingerprint>:<tenant/net>
 	//   host veth: netplugin:lbep@<host>:<fingerprint>:<bridge>:<tenant/ep>
 	kindNet, kindEP string
+	host            string
 	// sysctlRoot is /proc/sys; a field so that the isolation sysctl is visible in one place.
 	sysctlRoot string
 }
@@ -44,15 +45,20 @@ var (
 func New(log *logrus.Entry, host string) *Driver {
 	owner := strings.ReplaceAll(host, ":", "_")
 	return &Driver{log: log.WithField("driver", Name), sysctlRoot: "/proc/sys",
-		kindNet: "lbnet@" + owner, kindEP: "lbep@" + owner}
+		kindNet: "lbnet@" + owner, kindEP: "lbep@" + owner, host: host}
 }
+
+// BridgeName is the bridge of a network on the host of agent host: per host as
+// well as per network, so that agents sharing one kernel (tests) never share a
+// bridge; on a real host the name is just as stable.
+func BridgeName(host, netKey string) string { return core.BridgeName(host + "|" + netKey) }
 
 // Name implements core.Driver.
 func (d *Driver) Name() string { return Name }
 
 // EnsureNetwork creates or fixes the network's bridge.
 func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
-	name := core.BridgeName(n.Key())
+	name := BridgeName(d.host, n.Key())
 	alias := nl.Alias(d.kindNet, n.Fingerprint(), n.Key())
 	link, err := netlink.LinkByName(name)
 	switch {
@@ -126,7 +132,7 @@ func (d *Driver) setGateway(link netlink.Link, n core.NetworkSpec) error {
 
 // RemoveNetwork deletes the bridge if it is ours.
 func (d *Driver) RemoveNetwork(ctx context.Context, o core.ObservedNetwork) error {
-	return deleteOurs(core.BridgeName(o.Key), d.kindNet, 2)
+	return deleteOurs(BridgeName(d.host, o.Key), d.kindNet, 2)
 }
 
 // EnsureEndpoint plugs the endpoint in. A link already there with the same
@@ -134,7 +140,7 @@ func (d *Driver) RemoveNetwork(ctx context.Context, o core.ObservedNetwork) erro
 // running containers keep their traffic.
 func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core.ObservedEndpoint, error) {
 	hostName := core.HostIfName(ep.Key())
-	brName := core.BridgeName(ep.Net.Key())
+	brName := BridgeName(d.host, ep.Net.Key())
 	fp := ep.Fingerprint()
 	obs := core.ObservedEndpoint{Key: ep.Key(), Fingerprint: fp, IfName: hostName}
 	br, err := netlink.LinkByName(brName)
@@ -220,7 +226,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 // the sandbox. A repeated call for a link that is still in the host finds it.
 func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (string, error) {
 	hostName, peerName := core.HostIfName(ep.Key()), core.HandOffIfName(ep.Key())
-	brName := core.BridgeName(ep.Net.Key())
+	brName := BridgeName(d.host, ep.Net.Key())
 	fp := ep.Fingerprint()
 	if link, err := netlink.LinkByName(hostName); err == nil {
 		f, ok := nl.ParseAlias(link.Attrs().Alias, d.kindEP, 3)

@@ -28,7 +28,6 @@ func TestTrafficIsolationAndIdempotence(t *testing.T) {
 	p := nstest.Prefix()
 	ctx := context.Background()
 	d := New(logrus.NewEntry(logrus.New()), p)
-	before := nstest.Links(t)
 
 	net1 := core.NetworkSpec{Network: core.Network{Tenant: p, Name: "n1", Driver: Name, Encap: "vlan", Tag: 10, Subnet: "10.77.1.0/24", Gateway: "10.77.1.254"}}
 	net2 := core.NetworkSpec{Network: core.Network{Tenant: p, Name: "n2", Driver: Name, Encap: "vlan", Tag: 11, Subnet: "10.77.2.0/24", Gateway: "10.77.2.254"}}
@@ -125,11 +124,7 @@ func TestTrafficIsolationAndIdempotence(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	after := nstest.Links(t)
-	delete(after, foreign)
-	for l := range after {
-		if !before[l] {
-			t.Errorf("leaked link %s", l)
-		}
+	if left := nstest.MarkedLinks(t, p); len(left) > 0 {
+		t.Errorf("leaked links %v", left)
 	}
 }

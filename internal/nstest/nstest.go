@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 )
 
 // RequireRoot skips tests that need CAP_NET_ADMIN.
@@ -96,4 +98,22 @@ func Links(t testing.TB) map[string]bool {
 		}
 	}
 	return m
+}
+
+// MarkedLinks returns the host-namespace links marked as owned by the agent of
+// host (alias "netplugin:<kind>@<host>:..."): a leak check that counts only
+// what one test's agent made, whatever other tests run beside it.
+func MarkedLinks(t testing.TB, host string) []string {
+	t.Helper()
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatalf("list links: %v", err)
+	}
+	var out []string
+	for _, l := range links {
+		if a := l.Attrs().Alias; strings.HasPrefix(a, "netplugin:") && strings.Contains(a, "@"+host+":") {
+			out = append(out, l.Attrs().Name)
+		}
+	}
+	return out
 }

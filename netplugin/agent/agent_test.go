@@ -69,7 +69,6 @@ func TestAgentEndToEnd(t *testing.T) {
 	ctx := context.Background()
 	p := nstest.Prefix()
 	host := p + "-host"
-	before := nstest.Links(t)
 	cleanupStore(t, s)
 
 	if err := s.CreateTenant(ctx, p); err != nil {
@@ -143,12 +142,7 @@ func TestAgentEndToEnd(t *testing.T) {
 	waitStatus(t, s, host, "", p+"/a", p+"/b", p+"/c", p+"/ghost")
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		leaked := []string{}
-		for l := range nstest.Links(t) {
-			if !before[l] {
-				leaked = append(leaked, l)
-			}
-		}
+		leaked := nstest.MarkedLinks(t, host)
 		if len(leaked) == 0 {
 			break
 		}
@@ -190,7 +184,7 @@ func TestAgentRemovesWhatWasDeletedWhileDown(t *testing.T) {
 	}
 	startAgent(t, s, host)
 	deadline := time.Now().Add(10 * time.Second)
-	for nstest.Links(t)[core.HostIfName("default/"+p+"a")] || nstest.Links(t)[core.BridgeName("default/"+p)] {
+	for nstest.Links(t)[core.HostIfName("default/"+p+"a")] || nstest.Links(t)[linuxbridge.BridgeName(host, "default/"+p)] {
 		if time.Now().After(deadline) {
 			t.Fatal("endpoint deleted while the agent was down was not removed after restart")
 		}
