@@ -48,6 +48,8 @@ func newApp(out io.Writer, in io.Reader) *cli.App {
 			&cli.StringFlag{Name: "gw", Usage: "network gateway IP"},
 			&cli.StringFlag{Name: "driver", Usage: "network driver; empty = the global default"},
 			&cli.StringSliceFlag{Name: "opt", Usage: "driver option KEY=VALUE (repeatable)"},
+			&cli.StringFlag{Name: "parent", Usage: "host interface of a macvlan/ipvlan network (same as -opt parent=...)"},
+			&cli.StringFlag{Name: "mode", Usage: "macvlan or ipvlan mode (same as -opt mode=...)"},
 			&cli.StringFlag{Name: "ip-address", Usage: "endpoint IP; empty or auto = allocate"},
 			&cli.StringFlag{Name: "mac", Usage: "endpoint MAC; empty = generate"},
 			&cli.StringFlag{Name: "container-id", Usage: "Docker container ID or name to attach to"},
@@ -251,6 +253,11 @@ func (m *command) createNetwork(ctx context.Context) error {
 			return fmt.Errorf("%w: -opt %q: want KEY=VALUE", core.ErrInvalid, o)
 		}
 		opts[k] = v
+	}
+	for _, k := range []string{"parent", "mode"} {
+		if v := m.c.String(k); v != "" {
+			opts[k] = v
+		}
 	}
 	if len(opts) == 0 {
 		opts = nil
