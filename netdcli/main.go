@@ -282,15 +282,19 @@ func (m *command) getNetworks(ctx context.Context) error {
 		}
 		return m.printNetworks(ctx, []core.Network{n})
 	}
-	tenant := m.c.String("tenant")
-	if !m.c.IsSet("tenant") {
-		tenant = "" // no -tenant: every tenant's networks
-	}
-	ns, err := m.s.Networks(ctx, tenant)
+	ns, err := m.s.Networks(ctx, m.listTenant())
 	if err != nil {
 		return err
 	}
 	return m.printNetworks(ctx, ns)
+}
+
+// listTenant is the tenant a listing is limited to: every tenant without -tenant.
+func (m *command) listTenant() string {
+	if !m.c.IsSet("tenant") {
+		return ""
+	}
+	return m.c.String("tenant")
 }
 
 func (m *command) deleteNetwork(ctx context.Context) error {
@@ -341,11 +345,7 @@ func (m *command) getEndpoints(ctx context.Context) error {
 		}
 		return m.printEndpoints(ctx, []core.Endpoint{ep})
 	}
-	tenant := m.c.String("tenant")
-	if !m.c.IsSet("tenant") {
-		tenant = ""
-	}
-	eps, err := m.s.Endpoints(ctx, tenant, m.c.String("net-id"))
+	eps, err := m.s.Endpoints(ctx, m.listTenant(), m.c.String("net-id"))
 	if err != nil {
 		return err
 	}
