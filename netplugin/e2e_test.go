@@ -150,15 +150,6 @@ func (d *daemon) waitUp(tenant, host string, n int) map[string]int {
 	}
 }
 
-func countLinks(t *testing.T, prefix string) int {
-	n := 0
-	for l := range nstest.Links(t) {
-		if strings.HasPrefix(l, prefix) {
-			n++
-		}
-	}
-	return n
-}
 
 // TestSIGKILLRestartIsInvisible: 50 attached endpoints, the agent killed with
 // SIGKILL and restarted; the same links stay, a ping between two containers
@@ -191,7 +182,7 @@ func TestSIGKILLRestartIsInvisible(t *testing.T) {
 		_ = cmd.Run()
 	})
 	before := d.waitUp(p, host, n)
-	links := countLinks(t, core.LinkPrefix)
+	links := len(nstest.MarkedLinks(t, host))
 
 	ping := exec.Command("ip", "netns", "exec", p+"-0", "ping", "-c", "150", "-i", "0.02", "-W", "1", "10.80.0.2")
 	var pingOut bytes.Buffer
@@ -211,7 +202,7 @@ func TestSIGKILLRestartIsInvisible(t *testing.T) {
 			t.Fatalf("%s: ifindex %d before the crash, %d after: the link was recreated", name, idx, after[name])
 		}
 	}
-	if got := countLinks(t, core.LinkPrefix); got != links {
+	if got := len(nstest.MarkedLinks(t, host)); got != links {
 		t.Fatalf("%d netplugin links after restart, %d before", got, links)
 	}
 
