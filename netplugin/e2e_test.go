@@ -150,7 +150,6 @@ func (d *daemon) waitUp(tenant, host string, n int) map[string]int {
 	}
 }
 
-
 // TestSIGKILLRestartIsInvisible: 50 attached endpoints, the agent killed with
 // SIGKILL and restarted; the same links stay, a ping between two containers
 // never loses a packet, status returns to up, nothing is duplicated or leaked.
