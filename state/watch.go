@@ -115,12 +115,18 @@ func (c *Cache) listAndWatch(ctx context.Context) error {
 	}
 	c.mu.Unlock()
 	c.poke()
+	return c.watch(ctx, r.Header.Revision+1)
+}
 
+// watch applies events from revision rev on. It returns when the watch ends:
+// ErrCompacted when rev is no longer in etcd's history, after which only a
+// fresh list is correct.
+func (c *Cache) watch(ctx context.Context, rev int64) error {
 	// WithRequireLeader: a member cut off from its cluster ends the watch instead
 	// of leaving it silently stuck.
 	wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer wcancel()
-	for resp := range c.cli.Watch(wctx, c.prefix, clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1)) {
+	for resp := range c.cli.Watch(wctx, c.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev)) {
 		if err := resp.Err(); err != nil {
 			// ErrCompacted included: the history is gone and only a fresh list is correct.
 			return err
