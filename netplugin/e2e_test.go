@@ -63,6 +63,10 @@ func newDaemon(t *testing.T, host string, extra ...string) *daemon {
 		if t.Failed() {
 			t.Logf("netplugin log:\n%s", d.log)
 		}
+		// The drivers' records of this host label (empty once its endpoints are gone).
+		for _, drv := range []string{"macvlan", "ipvlan", "hostnic"} {
+			_ = os.RemoveAll(stateDir(drv, host))
+		}
 	})
 	return d
 }
