@@ -1,6 +1,7 @@
 // Package ovs is the Open vSwitch driver: one integration bridge per host, each
 // endpoint a veth whose host end is an access port tagged with its network's
-// VLAN, the container end created straight inside the container's namespace.
+// VLAN, the container end created straight inside the container's namespace
+// (or, for Docker, left in the host for Docker to move: see PrepareHandOff).
 //
 // Hosts are joined either by an uplink trunk port (VLAN networks) or by VXLAN.
 // For VXLAN the driver keeps a second, flow-programmed bridge next to the
@@ -19,8 +20,10 @@
 // All link work happens through one netlink handle opened in Config.HostNetNS,
 // the namespace ovs-vswitchd runs in (default: the process's own), so veth host
 // ends land where vswitchd can open them; container namespaces are opened by
-// path per endpoint. No thread ever switches namespace for longer than opening
-// a socket, so one process can drive several simulated hosts side by side.
+// path per endpoint, and links handed off to Docker are made in the process's
+// own namespace, where dockerd takes them from. No thread ever switches
+// namespace for longer than opening a socket, so one process can drive several
+// simulated hosts side by side.
 //
 // Ownership: every OVSDB row we create carries external_ids
 // netplugin-owner=netplugin (plus a role, and for endpoints the endpoint key and
@@ -138,6 +141,12 @@ type Driver struct {
 	// open so that our handle stays valid even if its name is removed.
 	host   *netlink.Handle
 	hostNS netns.NsHandle
+	// rt is a netlink handle in this process's own namespace, where a
+	// container runtime that runs there (dockerd, whose plugin we serve)
+	// takes handed-off links from; see PrepareHandOff. It is host itself
+	// when HostNetNS is empty.
+	rt   *netlink.Handle
+	rtNS netns.NsHandle
 
 	// infraMu serialises changes to bridges, uplink, tunnels and flows: they
 	// are read-modify-write of shared rows (the bridge's network records).
@@ -164,6 +173,7 @@ type Driver struct {
 var (
 	_ core.Driver    = (*Driver)(nil)
 	_ core.PeerAware = (*Driver)(nil)
+	_ core.HandOff   = (*Driver)(nil)
 )
 
 // New returns a driver for cfg. It fails only on bad configuration: an agent
@@ -189,6 +199,17 @@ func New(ctx context.Context, cfg Config, log *logrus.Entry) (*Driver, error) {
 		return nil, fmt.Errorf("ovs: host namespace: %w", err)
 	}
 	d.host, d.hostNS = h, ns
+	d.rt, d.rtNS = h, ns
+	if cfg.HostNetNS != "" {
+		rt, rtNS, err := nl.InNS("/proc/self/ns/net")
+		if err != nil {
+			_ = d.db.Close()
+			d.host.Close()
+			_ = d.hostNS.Close()
+			return nil, fmt.Errorf("ovs: own namespace: %w", err)
+		}
+		d.rt, d.rtNS = rt, rtNS
+	}
 	pctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	if _, err := d.db.Client(pctx); err != nil {
@@ -249,9 +270,13 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-// Close releases the OVSDB connection and the host namespace handle.
+// Close releases the OVSDB connection and the namespace handles.
 func (d *Driver) Close() error {
 	err := d.db.Close()
+	if d.rt != d.host {
+		d.rt.Close()
+		_ = d.rtNS.Close()
+	}
 	d.host.Close()
 	_ = d.hostNS.Close()
 	return err
