@@ -53,20 +53,16 @@ const nameRetries = 3
 
 // EnsureEndpoint binds the selected NIC into the endpoint's namespace. A NIC
 // already bound there with the same fingerprint is repaired in place (address,
-// up, gateway), never moved, so the container keeps its traffic.
+// up, gateway), never moved, so the container keeps its traffic. For a Docker
+// sandbox a NIC waiting on the host for Docker to move it is left alone, and
+// one is handed off again while the sandbox is not bound (see handoff.go).
 func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core.ObservedEndpoint, error) {
 	fp := ep.Fingerprint()
 	obs := core.ObservedEndpoint{Key: ep.Key(), Fingerprint: fp}
-	sel, err := endpointSelector(ep)
+	sel, cif, err := endpointTarget(ep)
 	if err != nil {
-		return obs, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
+		return obs, err
 	}
-	_, sn, err := net.ParseCIDR(ep.Net.Subnet)
-	if err != nil {
-		return obs, fmt.Errorf("endpoint %s: %w: subnet %q", ep.Key(), core.ErrInvalid, ep.Net.Subnet)
-	}
-	prefix, _ := sn.Mask.Size()
-	cif := nl.ContainerIf{IP: ep.IP, Prefix: prefix, Gateway: ep.Net.Gateway}
 	log := d.log.WithFields(logrus.Fields{"ep": ep.Key(), "netns": ep.NetNSPath})
 
 	d.mu.Lock()
@@ -79,7 +75,14 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	}
 	if had && old.Detached.IsZero() {
 		if old.Fingerprint == fp {
-			name, index, found, err := repair(old, cif)
+			var name string
+			var index int
+			var found bool
+			if sandboxed(old.NetNSID) {
+				name, index, found, err = d.findHandedOff(ctx, old)
+			} else {
+				name, index, found, err = repair(old, cif)
+			}
 			if err != nil || found {
 				obs.IfName, obs.IfIndex, obs.Healthy = name, index, err == nil
 				return obs, err
@@ -89,31 +92,17 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 			return obs, fmt.Errorf("endpoint %s: give back the NIC of its previous binding: %w", ep.Key(), err)
 		}
 	}
-
-	if other, err := d.boundTo(sel, ep.Key()); err != nil || other != "" {
-		if err == nil {
-			err = fmt.Errorf("%w: %s is bound to endpoint %s", core.ErrInUse, sel, other)
-		}
-		return obs, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
-	}
-	link, err := d.find(sel)
+	link, b, err := d.claim(ep, sel, cif, old, had)
 	if err != nil {
-		return obs, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
-	}
-	if err := d.mayTake(link, sel); err != nil {
-		return obs, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
-	}
-	b := binding{Key: ep.Key(), Fingerprint: fp, Network: ep.Net.Key(), NetNSPath: ep.NetNSPath, NetNSID: ep.NetNSID,
-		MAC: link.Attrs().HardwareAddr.String(), Addr: fmt.Sprintf("%s/%d", ep.IP, prefix)}
-	if had && old.MAC == b.MAC {
-		b.Orig = old.Orig // the NIC came back mid-binding: the first snapshot is the truth
-	} else if b.Orig, err = d.snapshot(link); err != nil {
-		return obs, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
-	}
-	if err := d.eps.Put(b.Key, b); err != nil {
 		return obs, err
 	}
-	name, index, err := d.take(link, b, cif)
+	var name string
+	var index int
+	if sandboxed(b.NetNSID) && !sandboxBound(b.NetNSPath) {
+		name, index, err = d.handOff(link, b)
+	} else {
+		name, index, err = d.take(link, b, cif)
+	}
 	if err != nil {
 		if rerr := d.release(ctx, b); rerr != nil {
 			log.WithError(rerr).Error("could not undo a failed bind; the next pass retries")
@@ -123,6 +112,51 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	obs.IfName, obs.IfIndex, obs.Healthy = name, index, true
 	log.WithFields(logrus.Fields{"nic": b.Orig.Name, "mac": b.MAC, "ifname": name, "ip": ep.IP}).Info("NIC bound")
 	return obs, nil
+}
+
+// endpointTarget validates ep: the NIC it selects and its configuration
+// inside the container.
+func endpointTarget(ep core.EndpointSpec) (selector, nl.ContainerIf, error) {
+	sel, err := endpointSelector(ep)
+	if err != nil {
+		return sel, nl.ContainerIf{}, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
+	}
+	_, sn, err := net.ParseCIDR(ep.Net.Subnet)
+	if err != nil {
+		return sel, nl.ContainerIf{}, fmt.Errorf("endpoint %s: %w: subnet %q", ep.Key(), core.ErrInvalid, ep.Net.Subnet)
+	}
+	prefix, _ := sn.Mask.Size()
+	return sel, nl.ContainerIf{IP: ep.IP, Prefix: prefix, Gateway: ep.Net.Gateway}, nil
+}
+
+// claim finds the NIC sel names for ep, checks that it may be taken and
+// records the binding before anything touches the NIC. old is the endpoint's
+// previous binding, if had.
+func (d *Driver) claim(ep core.EndpointSpec, sel selector, cif nl.ContainerIf, old binding, had bool) (netlink.Link, binding, error) {
+	if other, err := d.boundTo(sel, ep.Key()); err != nil || other != "" {
+		if err == nil {
+			err = fmt.Errorf("%w: %s is bound to endpoint %s", core.ErrInUse, sel, other)
+		}
+		return nil, binding{}, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
+	}
+	link, err := d.find(sel)
+	if err != nil {
+		return nil, binding{}, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
+	}
+	if err := d.mayTake(link, sel); err != nil {
+		return nil, binding{}, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
+	}
+	b := binding{Key: ep.Key(), Fingerprint: ep.Fingerprint(), Network: ep.Net.Key(), NetNSPath: ep.NetNSPath, NetNSID: ep.NetNSID,
+		MAC: link.Attrs().HardwareAddr.String(), Addr: fmt.Sprintf("%s/%d", cif.IP, cif.Prefix)}
+	if had && old.MAC == b.MAC {
+		b.Orig = old.Orig // the NIC came back mid-binding: the first snapshot is the truth
+	} else if b.Orig, err = d.snapshot(link); err != nil {
+		return nil, binding{}, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
+	}
+	if err := d.eps.Put(b.Key, b); err != nil {
+		return nil, binding{}, err
+	}
+	return link, b, nil
 }
 
 // repair finds the binding's NIC in its namespace and configures it again.
@@ -194,9 +228,20 @@ func (d *Driver) take(link netlink.Link, b binding, cif nl.ContainerIf) (string,
 	return name, nic.Attrs().Index, nil
 }
 
-// inspect reports the binding's NIC as found in its namespace.
+// inspect reports the binding's NIC as found in its namespace, or, for a
+// Docker sandbox, waiting on the host for Docker to move it (healthy: Docker
+// brings it up and gives it its address).
 func (d *Driver) inspect(b binding) core.ObservedEndpoint {
 	obs := core.ObservedEndpoint{Key: b.Key, Fingerprint: b.Fingerprint}
+	if nic, err := d.waitingOnHost(b); err != nil || nic != nil {
+		if err != nil {
+			d.log.WithError(err).WithField("ep", b.Key).Warn("cannot look for the handed-off NIC on the host")
+			return obs
+		}
+		f, _ := nl.ParseAlias(nic.Attrs().Alias, kindNIC, 3)
+		obs.Fingerprint, obs.IfName, obs.IfIndex, obs.Healthy = f[0], nic.Attrs().Name, nic.Attrs().Index, true
+		return obs
+	}
 	h, ns, gone, err := openNS(b.NetNSPath, b.NetNSID)
 	if gone || err != nil {
 		if err != nil {
@@ -212,6 +257,12 @@ func (d *Driver) inspect(b binding) core.ObservedEndpoint {
 	}
 	a := nics[0].Link.Attrs()
 	obs.Fingerprint, obs.IfName, obs.IfIndex = nics[0].Fields[0], a.Name, a.Index
+	if sandboxed(b.NetNSID) {
+		// Docker renames, addresses and brings up a handed-off NIC after
+		// moving it in: judging (and so repairing) that would race Docker.
+		obs.Healthy = true
+		return obs
+	}
 	if a.Flags&net.FlagUp == 0 {
 		return obs
 	}
@@ -240,18 +291,23 @@ func nicsOf(h *netlink.Handle, key string) ([]nl.OwnedLink, error) {
 }
 
 // openNS opens a recorded namespace. gone reports that it no longer exists or
-// that its path now holds another namespace (a restarted container).
+// that its path now holds another namespace (a restarted container). A Docker
+// sandbox is identified by its path alone (core.SandboxNetNSID), so nothing is
+// compared; gone then also means "not bound yet".
 func openNS(path, id string) (h *netlink.Handle, ns netns.NsHandle, gone bool, err error) {
-	cur, err := nl.NetNSID(path)
-	if errors.Is(err, fs.ErrNotExist) || (err == nil && id != "" && cur != id) {
-		return nil, 0, true, nil
-	}
-	if err != nil {
-		return nil, 0, false, err
+	if !sandboxed(id) {
+		cur, err := nl.NetNSID(path)
+		if errors.Is(err, fs.ErrNotExist) || (err == nil && id != "" && cur != id) {
+			return nil, 0, true, nil
+		}
+		if err != nil {
+			return nil, 0, false, err
+		}
 	}
 	h, ns, err = nl.InNS(path)
-	if errors.Is(err, unix.EINVAL) {
-		return nil, 0, true, nil // a leftover mount point that is no namespace any more
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.EINVAL) {
+		// Gone meanwhile, or a file that is no namespace (any more, or yet).
+		return nil, 0, true, nil
 	}
 	return h, ns, false, err
 }

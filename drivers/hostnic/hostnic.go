@@ -105,7 +105,10 @@ type Driver struct {
 	mu sync.Mutex
 }
 
-var _ core.Driver = (*Driver)(nil)
+var (
+	_ core.Driver  = (*Driver)(nil)
+	_ core.HandOff = (*Driver)(nil)
+)
 
 // New returns the driver; Close releases its namespace handle and sockets.
 func New(log *logrus.Entry, cfg Config) (*Driver, error) {

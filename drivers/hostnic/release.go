@@ -225,6 +225,14 @@ func (d *Driver) giveBackStrays() {
 			log.WithError(err).Warn("read binding; will retry")
 			continue
 		}
+		if o.Link.Attrs().Name == core.HandOffIfName(key) && (!has || (b.Detached.IsZero() && sandboxed(b.NetNSID))) {
+			// Handed off to Docker: waiting to be moved into the sandbox, or
+			// given back by Docker's Leave. Without a binding here it is most
+			// likely another agent's on this kernel (the mark names no host),
+			// whose Docker is about to move it: taking it would break that
+			// container's start.
+			continue
+		}
 		if !has {
 			// State dir lost: the alias still says what the NIC was called.
 			b = binding{Key: key, Orig: original{Name: o.Fields[1]}}

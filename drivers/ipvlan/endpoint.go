@@ -26,17 +26,11 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	if err := ctx.Err(); err != nil {
 		return obs, err
 	}
-	o, err := parseOptions(ep.Net.Network)
+	want, o, err := wantRecord(ep)
 	if err != nil {
 		return obs, err
 	}
-	if err := core.ValidateEndpointIP(ep.Net.Network, ep.IP); err != nil {
-		return obs, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
-	}
-	sn, _ := core.ParseCIDR(ep.Net.Subnet) // checked by parseOptions
-	prefix, _ := sn.Mask.Size()
-	want := epRecord{Key: ep.Key(), Net: ep.Net.Key(), Fingerprint: fp, NetNSPath: ep.NetNSPath, NetNSID: ep.NetNSID,
-		Parent: o.Parent, Mode: o.Mode, IP: ep.IP, Prefix: prefix}
+	prefix := want.Prefix
 	log := d.log.WithFields(logrus.Fields{"ep": ep.Key(), "netns": ep.NetNSPath, "parent": o.Parent, "mode": o.Mode})
 
 	d.mu.Lock()
@@ -60,22 +54,52 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	// The container got a new namespace (restart): take our child out of the old
 	// one if that still exists, so one endpoint never holds two addresses.
 	if had && (rec.NetNSPath != want.NetNSPath || rec.NetNSID != want.NetNSID) {
-		if err := d.deleteChildren(rec); err != nil {
+		if err := d.deleteChildren(h, rec); err != nil {
 			return obs, fmt.Errorf("endpoint %s: leave old namespace: %w", ep.Key(), err)
 		}
 	}
 
-	ch, cns, err := nl.InNS(ep.NetNSPath)
-	if err != nil {
-		return obs, err
+	var ch *netlink.Handle
+	var cns netns.NsHandle
+	if sandboxed(ep.NetNSID) {
+		// A sound child waiting in the host namespace, or moved into the
+		// sandbox, is Docker's to configure; one is made in the host namespace
+		// again while the sandbox is not bound (see handoff.go).
+		found, err := d.findSandboxed(ctx, h, want, parent.Attrs().Index)
+		if err != nil {
+			return obs, err
+		}
+		if found.link == nil && !found.bound {
+			if found.link, err = d.createHostChild(h, parent, want, had); err != nil {
+				return obs, err
+			}
+			log.WithField("link", found.link.Attrs().Name).Info("child made again in the host namespace for Docker to move")
+		}
+		if found.link != nil {
+			if found.bound {
+				defer found.close()
+			}
+			if err := d.recordChild(want, rec, had, found.link); err != nil {
+				return obs, err
+			}
+			obs.IfName, obs.IfIndex, obs.Healthy = found.link.Attrs().Name, found.link.Attrs().Index, true
+			return obs, nil
+		}
+		ch, cns = found.ch, found.cns // bound, and no sound child: plug in as into any namespace
+	} else {
+		if ch, cns, err = nl.InNS(ep.NetNSPath); err != nil {
+			return obs, err
+		}
+		if ep.NetNSID != "" {
+			if id, err := fdNSID(cns); err != nil || id != ep.NetNSID {
+				cns.Close()
+				ch.Close()
+				return obs, fmt.Errorf("endpoint %s: namespace at %s is not %s (it was replaced): %v", ep.Key(), ep.NetNSPath, ep.NetNSID, err)
+			}
+		}
 	}
 	defer cns.Close()
 	defer ch.Close()
-	if ep.NetNSID != "" {
-		if id, err := fdNSID(cns); err != nil || id != ep.NetNSID {
-			return obs, fmt.Errorf("endpoint %s: namespace at %s is not %s (it was replaced): %v", ep.Key(), ep.NetNSPath, ep.NetNSID, err)
-		}
-	}
 
 	// Keep the first sound child of ours, delete any other (an outdated
 	// fingerprint, or a second child left by a crash in the middle of a rebuild).
@@ -134,6 +158,21 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	return obs, nil
 }
 
+// wantRecord is the record ep asks for, with its network's options.
+func wantRecord(ep core.EndpointSpec) (epRecord, options, error) {
+	o, err := parseOptions(ep.Net.Network)
+	if err != nil {
+		return epRecord{}, o, err
+	}
+	if err := core.ValidateEndpointIP(ep.Net.Network, ep.IP); err != nil {
+		return epRecord{}, o, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
+	}
+	sn, _ := core.ParseCIDR(ep.Net.Subnet) // checked by parseOptions
+	prefix, _ := sn.Mask.Size()
+	return epRecord{Key: ep.Key(), Net: ep.Net.Key(), Fingerprint: ep.Fingerprint(), NetNSPath: ep.NetNSPath, NetNSID: ep.NetNSID,
+		Parent: o.Parent, Mode: o.Mode, IP: ep.IP, Prefix: prefix}, o, nil
+}
+
 // reusable reports whether an existing child of ours can be kept for a spec
 // with fingerprint fp, mode and a parent of index parentIndex.
 func reusable(c child, fp, mode string, parentIndex int) bool {
@@ -154,6 +193,13 @@ func createChild(h, ch *netlink.Handle, cns netns.NsHandle, parent netlink.Link,
 			Namespace: netlink.NsFd(int(cns)), Alias: alias},
 		Mode: netlinkMode(mode),
 	}
+	return addChild(h, ch, iv, parent, key, alias)
+}
+
+// addChild creates iv and marks it with alias: ch is a handle in the namespace
+// the child lands in (h's own when iv names no other).
+func addChild(h, ch *netlink.Handle, iv *netlink.IPVlan, parent netlink.Link, key, alias string) (netlink.Link, error) {
+	name := iv.Name
 	// Sent through the host handle: the parent's index means something only in
 	// the host namespace; IFLA_NET_NS_FD puts the child in the container's.
 	if err := h.LinkAdd(iv); err != nil {
@@ -217,7 +263,12 @@ func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) er
 	if err != nil || !had {
 		return err
 	}
-	if err := d.deleteChildren(rec); err != nil {
+	h, done, err := d.host()
+	if err != nil {
+		return err
+	}
+	defer done()
+	if err := d.deleteChildren(h, rec); err != nil {
 		return fmt.Errorf("remove endpoint %s: %w", o.Key, err)
 	}
 	if err := d.recs.delEP(o.Key); err != nil {
@@ -229,17 +280,32 @@ func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) er
 
 // deleteChildren deletes every child marked as rec's endpoint in rec's
 // namespace. A namespace that is gone, or whose path now names another
-// namespace, took the child with it (or is not ours to touch): success.
-func (d *Driver) deleteChildren(rec epRecord) error {
-	if !sameNS(rec.NetNSPath, rec.NetNSID) {
-		return nil
-	}
-	ch, cns, err := nl.InNS(rec.NetNSPath)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
+// namespace, took the child with it (or is not ours to touch): success. For a
+// Docker sandbox, a child in the host namespace h (waiting for Docker, or
+// given back by its Leave) goes too.
+func (d *Driver) deleteChildren(h *netlink.Handle, rec epRecord) error {
+	var ch *netlink.Handle
+	var cns netns.NsHandle
+	var err error
+	if sandboxed(rec.NetNSID) {
+		if err := d.deleteHostChildren(h, rec.Key); err != nil {
+			return err
+		}
+		var gone bool
+		if ch, cns, gone, err = openSandbox(rec.NetNSPath); gone || err != nil {
+			return err
+		}
+	} else {
+		if !sameNS(rec.NetNSPath, rec.NetNSID) {
+			return nil
+		}
+		ch, cns, err = nl.InNS(rec.NetNSPath)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
 	}
 	defer cns.Close()
 	defer ch.Close()

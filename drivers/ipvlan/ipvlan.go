@@ -34,6 +34,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/netplugin/netplugin/core"
@@ -89,7 +90,10 @@ type Driver struct {
 	mu   sync.Mutex
 }
 
-var _ core.Driver = (*Driver)(nil)
+var (
+	_ core.Driver  = (*Driver)(nil)
+	_ core.HandOff = (*Driver)(nil)
+)
 
 // New returns the driver. It touches nothing until the first call, so an agent
 // starts even when the state dir or the host namespace is not there yet.
@@ -298,7 +302,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 			}
 		}
 		obs := core.ObservedEndpoint{Key: rec.Key, Fingerprint: rec.Fingerprint, IfName: rec.IfName, IfIndex: rec.IfIndex}
-		if link, sound := d.observeChild(rec, parents[rec.Parent]); link != nil {
+		if link, sound := d.observeChild(h, rec, parents[rec.Parent]); link != nil {
 			obs.IfName, obs.IfIndex = link.Attrs().Name, link.Attrs().Index
 			// A network whose parent or mode changed wants its children rebuilt,
 			// though the endpoint's own fingerprint did not change.
@@ -311,22 +315,51 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 }
 
 // observeChild returns the record's child, if it is there, and whether it is
-// sound (see childSound). A missing parent took its children with it.
-func (d *Driver) observeChild(rec epRecord, parentIndex int) (netlink.Link, bool) {
+// sound (see childSound). A missing parent took its children with it. host is
+// the host namespace, where a Docker sandbox's child waits to be moved in.
+func (d *Driver) observeChild(host *netlink.Handle, rec epRecord, parentIndex int) (netlink.Link, bool) {
 	log := d.log.WithFields(logrus.Fields{"ep": rec.Key, "netns": rec.NetNSPath})
-	if parentIndex == 0 || !sameNS(rec.NetNSPath, rec.NetNSID) {
+	if parentIndex == 0 {
 		return nil, false
 	}
-	h, ns, err := nl.InNS(rec.NetNSPath)
-	if err != nil {
-		log.WithError(err).Debug("endpoint namespace unreachable")
-		return nil, false
+	var h *netlink.Handle
+	var ns netns.NsHandle
+	var err error
+	if sandboxed(rec.NetNSID) {
+		waiting, err := d.hostChildren(host, rec.Key)
+		if err != nil {
+			log.WithError(err).Warn("cannot list the host's links")
+			return nil, false
+		}
+		if len(waiting) > 0 {
+			return waiting[0].link, len(waiting) == 1 && reusable(waiting[0], rec.Fingerprint, rec.Mode, parentIndex)
+		}
+		var gone bool
+		if h, ns, gone, err = openSandbox(rec.NetNSPath); gone || err != nil {
+			if err != nil {
+				log.WithError(err).Debug("endpoint namespace unreachable")
+			}
+			return nil, false
+		}
+	} else {
+		if !sameNS(rec.NetNSPath, rec.NetNSID) {
+			return nil, false
+		}
+		if h, ns, err = nl.InNS(rec.NetNSPath); err != nil {
+			log.WithError(err).Debug("endpoint namespace unreachable")
+			return nil, false
+		}
 	}
 	defer ns.Close()
 	defer h.Close()
 	kids, err := d.ourChildren(h, rec.Key)
 	if err != nil || len(kids) == 0 {
 		return nil, false
+	}
+	if sandboxed(rec.NetNSID) {
+		// Docker renames, addresses and brings up a handed-off child after
+		// moving it in: judging (and so repairing) that would race Docker.
+		return kids[0].link, len(kids) == 1 && reusable(kids[0], rec.Fingerprint, rec.Mode, parentIndex)
 	}
 	// Two children: a crash interrupted a rebuild; Ensure keeps one.
 	return kids[0].link, len(kids) == 1 && childSound(h, kids[0], rec, parentIndex)

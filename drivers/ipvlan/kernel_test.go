@@ -34,6 +34,7 @@ func TestKernel(t *testing.T) {
 	t.Run("l2", testL2)
 	t.Run("l3", testL3)
 	t.Run("mode-change", testModeChange)
+	t.Run("handoff", testHandOff)
 }
 
 // testL2: endpoints on two hosts share the underlay segment; they reach each
@@ -243,6 +244,16 @@ func testWithoutIPVlan(t *testing.T) {
 		t.Fatalf("ensure without ipvlan: %v, want an error naming CONFIG_IPVLAN", err)
 	}
 	t.Logf("as expected: %v", err)
+	// A Docker endpoint too: the child handed off in the host namespace.
+	sb := e
+	sb.NetNSPath = nstest.Path(u.p + "nosb")
+	sb.NetNSID = core.SandboxNetNSID(sb.NetNSPath)
+	if _, err := h.d.PrepareHandOff(ctx, sb); err == nil || !strings.Contains(err.Error(), "CONFIG_IPVLAN") {
+		t.Fatalf("hand-off without ipvlan: %v, want an error naming CONFIG_IPVLAN", err)
+	}
+	if got := linksIn(t, h.ns); len(got) != 2 {
+		t.Fatalf("a failed hand-off left links in the host namespace: %v", got)
+	}
 	act, err := h.d.Observe(ctx)
 	if err != nil || len(act.Endpoints) != 0 {
 		t.Fatalf("a failed ensure left a record: %+v %v", act.Endpoints, err)

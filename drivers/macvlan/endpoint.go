@@ -34,86 +34,118 @@ type epRecord struct {
 // one namespace (a container on two networks).
 const nameRetries = 3
 
-// EnsureEndpoint plugs the endpoint in as a child of the network's lower device,
-// created straight inside the container's namespace. A child already there with
-// the same fingerprint, parent, mode and MAC is repaired in place (address, up,
-// gateway), never recreated, so running containers keep their traffic.
-func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core.ObservedEndpoint, error) {
-	fp := ep.Fingerprint()
-	obs := core.ObservedEndpoint{Key: ep.Key(), Fingerprint: fp}
+// target is what a spec asks of the kernel, checked against the host: the
+// record to keep and what creating or judging the child needs.
+type target struct {
+	rec   epRecord
+	mode  netlink.MacvlanMode
+	mac   net.HardwareAddr // nil in passthru mode or without a MAC
+	lower netlink.Link
+	cif   nl.ContainerIf
+}
+
+// target validates ep and finds its lower device.
+func (d *Driver) target(ep core.EndpointSpec) (target, error) {
+	var t target
 	o, err := parseOptions(ep.Net.Network)
 	if err != nil {
-		return obs, fmt.Errorf("endpoint %s: network %s: %w", ep.Key(), ep.Net.Key(), err)
+		return t, fmt.Errorf("endpoint %s: network %s: %w", ep.Key(), ep.Net.Key(), err)
 	}
-	mode, _ := kernelMode(o.mode)
-	var mac net.HardwareAddr
+	t.mode, _ = kernelMode(o.mode)
 	if ep.MAC != "" && o.mode != ModePassthru {
-		if mac, err = net.ParseMAC(ep.MAC); err != nil {
-			return obs, fmt.Errorf("endpoint %s: %w: MAC %q", ep.Key(), core.ErrInvalid, ep.MAC)
+		if t.mac, err = net.ParseMAC(ep.MAC); err != nil {
+			return t, fmt.Errorf("endpoint %s: %w: MAC %q", ep.Key(), core.ErrInvalid, ep.MAC)
 		}
 	}
 	_, sn, err := net.ParseCIDR(ep.Net.Subnet)
 	if err != nil {
-		return obs, fmt.Errorf("endpoint %s: %w: subnet %q", ep.Key(), core.ErrInvalid, ep.Net.Subnet)
+		return t, fmt.Errorf("endpoint %s: %w: subnet %q", ep.Key(), core.ErrInvalid, ep.Net.Subnet)
 	}
 	prefix, _ := sn.Mask.Size()
-	lower, err := d.host.LinkByName(o.lower())
+	t.lower, err = d.host.LinkByName(o.lower())
 	if nl.IsNotFound(err) {
-		return obs, fmt.Errorf("endpoint %s: %w: parent %s of network %s does not exist on this host", ep.Key(), core.ErrNotFound, o.lower(), ep.Net.Key())
+		return t, fmt.Errorf("endpoint %s: %w: parent %s of network %s does not exist on this host", ep.Key(), core.ErrNotFound, o.lower(), ep.Net.Key())
 	}
 	if err != nil {
-		return obs, fmt.Errorf("endpoint %s: look up %s: %w", ep.Key(), o.lower(), err)
+		return t, fmt.Errorf("endpoint %s: look up %s: %w", ep.Key(), o.lower(), err)
 	}
-	log := d.log.WithFields(logrus.Fields{"ep": ep.Key(), "lower": o.lower(), "netns": ep.NetNSPath})
+	t.cif = nl.ContainerIf{IP: ep.IP, Prefix: prefix, Gateway: ep.Net.Gateway}
+	t.rec = epRecord{Key: ep.Key(), Fingerprint: ep.Fingerprint(), Network: ep.Net.Key(), NetNSPath: ep.NetNSPath,
+		NetNSID: ep.NetNSID, Lower: o.lower(), Mode: o.mode, MAC: t.mac.String(), Addr: fmt.Sprintf("%s/%d", ep.IP, prefix)}
+	return t, nil
+}
 
-	// A child left in another namespace by an older spec (the container was
-	// restarted into a new one) goes first: one endpoint, one child.
+// adopt makes rec the endpoint's record. A child left in another namespace by
+// an older spec (the container was restarted into a new one) goes first: one
+// endpoint, one child. The record is written before the child exists: a crash
+// then leaves a record without a child (the next Ensure makes it), never a
+// child nobody knows of.
+func (d *Driver) adopt(rec epRecord) error {
 	var old epRecord
-	hadRecord, err := d.eps.Get(ep.Key(), &old)
+	had, err := d.eps.Get(rec.Key, &old)
+	if err != nil {
+		return err
+	}
+	if had && (old.NetNSPath != rec.NetNSPath || old.NetNSID != rec.NetNSID) {
+		if err := d.deleteChildren(old); err != nil {
+			return err
+		}
+	}
+	if had && old == rec {
+		return nil
+	}
+	return d.eps.Put(rec.Key, rec)
+}
+
+// EnsureEndpoint plugs the endpoint in as a child of the network's lower device,
+// created straight inside the container's namespace. A child already there with
+// the same fingerprint, parent, mode and MAC is repaired in place (address, up,
+// gateway), never recreated, so running containers keep their traffic. For a
+// Docker sandbox see ensureSandboxed.
+func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core.ObservedEndpoint, error) {
+	obs := core.ObservedEndpoint{Key: ep.Key(), Fingerprint: ep.Fingerprint()}
+	t, err := d.target(ep)
 	if err != nil {
 		return obs, err
 	}
-	if hadRecord && (old.NetNSPath != ep.NetNSPath || old.NetNSID != ep.NetNSID) {
-		if err := d.deleteChildren(old); err != nil {
-			return obs, err
-		}
+	log := d.log.WithFields(logrus.Fields{"ep": ep.Key(), "lower": t.rec.Lower, "netns": ep.NetNSPath})
+	if err := d.adopt(t.rec); err != nil {
+		return obs, err
 	}
-	rec := epRecord{Key: ep.Key(), Fingerprint: fp, Network: ep.Net.Key(), NetNSPath: ep.NetNSPath, NetNSID: ep.NetNSID,
-		Lower: o.lower(), Mode: o.mode, MAC: mac.String(), Addr: fmt.Sprintf("%s/%d", ep.IP, prefix)}
-	// The record is written before the child exists: a crash then leaves a record
-	// without a child (the next Ensure makes it), never a child nobody knows of.
-	if !hadRecord || old != rec {
-		if err := d.eps.Put(ep.Key(), rec); err != nil {
-			return obs, err
-		}
+	if sandboxed(ep.NetNSID) {
+		return d.ensureSandboxed(ctx, t, obs, log)
 	}
-
 	h, ns, err := nl.InNS(ep.NetNSPath)
 	if err != nil {
 		return obs, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
 	}
 	defer ns.Close()
 	defer h.Close()
-	cif := nl.ContainerIf{IP: ep.IP, Prefix: prefix, Gateway: ep.Net.Gateway}
-	children, used, err := listChildren(h, ep.Key(), rec.MAC)
+	return d.ensureIn(h, ns, t, obs, log)
+}
+
+// ensureIn keeps or makes the endpoint's child inside the namespace of h (ns).
+func (d *Driver) ensureIn(h *netlink.Handle, ns netns.NsHandle, t target, obs core.ObservedEndpoint, log *logrus.Entry) (core.ObservedEndpoint, error) {
+	rec := t.rec
+	children, used, err := listChildren(h, rec.Key, rec.MAC)
 	if err != nil {
-		return obs, fmt.Errorf("endpoint %s: netns %s: %w", ep.Key(), ep.NetNSPath, err)
+		return obs, fmt.Errorf("endpoint %s: netns %s: %w", rec.Key, rec.NetNSPath, err)
 	}
 	var keep netlink.Link
 	for _, c := range children {
-		if keep == nil && c.Fields[0] == fp && sound(c.Link, lower.Attrs().Index, rec) {
+		if keep == nil && c.Fields[0] == rec.Fingerprint && sound(c.Link, t.lower.Attrs().Index, rec) {
 			keep = c.Link
 			continue
 		}
 		// Built from an older spec, or on a parent/mode/MAC the network no longer has.
 		if err := h.LinkDel(c.Link); err != nil && !nl.IsNotFound(err) {
-			return obs, fmt.Errorf("endpoint %s: remove outdated %s: %w", ep.Key(), c.Link.Attrs().Name, err)
+			return obs, fmt.Errorf("endpoint %s: remove outdated %s: %w", rec.Key, c.Link.Attrs().Name, err)
 		}
 		log.WithField("ifname", c.Link.Attrs().Name).Info("outdated macvlan child removed")
 	}
 	if keep != nil {
-		if err := nl.ConfigureIf(h, keep, cif); err != nil {
-			return obs, fmt.Errorf("endpoint %s: repair %s: %w", ep.Key(), keep.Attrs().Name, err)
+		if err := nl.ConfigureIf(h, keep, t.cif); err != nil {
+			return obs, fmt.Errorf("endpoint %s: repair %s: %w", rec.Key, keep.Attrs().Name, err)
 		}
 		obs.IfName, obs.IfIndex, obs.Healthy = keep.Attrs().Name, keep.Attrs().Index, true
 		return obs, nil
@@ -122,25 +154,25 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	for _, c := range children {
 		delete(used, c.Link.Attrs().Name) // removed above
 	}
-	child, err := d.createChild(h, ns, lower, rec, mode, mac, nl.Alias(kindEP, fp, ep.Key()), used)
+	child, err := d.createChild(h, ns, t.lower, rec, t.mode, t.mac, nl.Alias(kindEP, rec.Fingerprint, rec.Key), used)
 	if err != nil {
 		// Nothing of this endpoint exists now; forget it so that a refused
 		// endpoint leaves no trace.
-		_ = d.eps.Del(ep.Key())
-		return obs, fmt.Errorf("endpoint %s: %w", ep.Key(), err)
+		_ = d.eps.Del(rec.Key)
+		return obs, fmt.Errorf("endpoint %s: %w", rec.Key, err)
 	}
-	if err := nl.ConfigureIf(h, child, cif); err != nil {
+	if err := nl.ConfigureIf(h, child, t.cif); err != nil {
 		_ = h.LinkDel(child) // leave nothing half-made behind
-		_ = d.eps.Del(ep.Key())
+		_ = d.eps.Del(rec.Key)
 		if errors.Is(err, unix.EADDRINUSE) {
 			// The kernel checks a child's MAC against its siblings when it goes up.
 			return obs, fmt.Errorf("endpoint %s: %w: MAC %s is already used on %s (every endpoint needs its own MAC)",
-				ep.Key(), core.ErrInUse, rec.MAC, rec.Lower)
+				rec.Key, core.ErrInUse, rec.MAC, rec.Lower)
 		}
-		return obs, fmt.Errorf("endpoint %s: configure %s in %s: %w", ep.Key(), child.Attrs().Name, ep.NetNSPath, err)
+		return obs, fmt.Errorf("endpoint %s: configure %s in %s: %w", rec.Key, child.Attrs().Name, rec.NetNSPath, err)
 	}
 	obs.IfName, obs.IfIndex, obs.Healthy = child.Attrs().Name, child.Attrs().Index, true
-	log.WithFields(logrus.Fields{"ifname": child.Attrs().Name, "ip": ep.IP, "mac": rec.MAC, "mode": o.mode}).Info("endpoint plugged")
+	log.WithFields(logrus.Fields{"ifname": child.Attrs().Name, "ip": t.cif.IP, "mac": rec.MAC, "mode": rec.Mode}).Info("endpoint plugged")
 	return obs, nil
 }
 
@@ -174,15 +206,8 @@ func (d *Driver) createChild(h *netlink.Handle, ns netns.NsHandle, lower netlink
 		mv.Name = tmpChildName(rec.Key)
 		err = d.host.LinkAdd(mv)
 	}
-	switch {
-	case errors.Is(err, unix.EADDRINUSE):
-		return nil, fmt.Errorf("%w: MAC %s is already used on %s (every endpoint needs its own MAC)", core.ErrInUse, rec.MAC, rec.Lower)
-	case errors.Is(err, unix.EINVAL) && rec.Mode == ModePassthru:
-		return nil, fmt.Errorf("%w: %s has other macvlan children; passthru takes a parent with exactly one: %v", core.ErrInUse, rec.Lower, err)
-	case errors.Is(err, unix.EINVAL):
-		return nil, fmt.Errorf("%w: macvlan child of %s refused by the kernel (parent in passthru use elsewhere?): %v", core.ErrInUse, rec.Lower, err)
-	case err != nil:
-		return nil, fmt.Errorf("create macvlan on %s in %s: %w", rec.Lower, rec.NetNSPath, err)
+	if err != nil {
+		return nil, addError(err, rec)
 	}
 	child, err := h.LinkByName(mv.Name)
 	if err != nil {
@@ -214,6 +239,19 @@ func (d *Driver) createChild(h *netlink.Handle, ns netns.NsHandle, lower netlink
 	return child, nil
 }
 
+// addError explains the kernel's refusal to create the record's child.
+func addError(err error, rec epRecord) error {
+	switch {
+	case errors.Is(err, unix.EADDRINUSE):
+		return fmt.Errorf("%w: MAC %s is already used on %s (every endpoint needs its own MAC)", core.ErrInUse, rec.MAC, rec.Lower)
+	case errors.Is(err, unix.EINVAL) && rec.Mode == ModePassthru:
+		return fmt.Errorf("%w: %s has other macvlan children; passthru takes a parent with exactly one: %v", core.ErrInUse, rec.Lower, err)
+	case errors.Is(err, unix.EINVAL):
+		return fmt.Errorf("%w: macvlan child of %s refused by the kernel (parent in passthru use elsewhere?): %v", core.ErrInUse, rec.Lower, err)
+	}
+	return fmt.Errorf("create macvlan on %s for %s: %w", rec.Lower, rec.NetNSPath, err)
+}
+
 // RemoveEndpoint deletes the endpoint's child inside its namespace, then the
 // record. A namespace that is gone took the child with it: success.
 func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) error {
@@ -238,8 +276,14 @@ func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) er
 }
 
 // deleteChildren deletes every child of the record's endpoint in the record's
-// namespace; only links whose alias names this endpoint are touched.
+// namespace (and, for a Docker sandbox, one waiting in or given back to the
+// host namespace); only links whose alias names this endpoint are touched.
 func (d *Driver) deleteChildren(rec epRecord) error {
+	if sandboxed(rec.NetNSID) {
+		if err := d.deleteHostChildren(rec.Key); err != nil {
+			return err
+		}
+	}
 	h, ns, gone, err := openNS(rec)
 	if gone {
 		return nil
@@ -262,9 +306,19 @@ func (d *Driver) deleteChildren(rec epRecord) error {
 }
 
 // inspect finds the record's child and judges it. lower is the host link the
-// child must hang off (nil: missing, so the child cannot be healthy).
-func (d *Driver) inspect(rec epRecord, lower netlink.Link) core.ObservedEndpoint {
+// child must hang off (nil: missing, so the child cannot be healthy). waiting
+// are the endpoint's children in the host namespace, where a child handed off
+// to Docker waits to be moved into its sandbox (and comes back on Leave).
+func (d *Driver) inspect(rec epRecord, lower netlink.Link, waiting []nl.OwnedLink) core.ObservedEndpoint {
 	obs := core.ObservedEndpoint{Key: rec.Key, Fingerprint: rec.Fingerprint}
+	if sandboxed(rec.NetNSID) && len(waiting) > 0 {
+		// Not up and without an address: Docker does that once it moved it.
+		c := waiting[0]
+		attrs := c.Link.Attrs()
+		obs.Fingerprint, obs.IfName, obs.IfIndex = c.Fields[0], attrs.Name, attrs.Index
+		obs.Healthy = lower != nil && len(waiting) == 1 && c.Fields[0] != "" && sound(c.Link, lower.Attrs().Index, rec)
+		return obs
+	}
 	h, ns, gone, err := openNS(rec)
 	if gone || err != nil {
 		if err != nil {
@@ -281,10 +335,16 @@ func (d *Driver) inspect(rec epRecord, lower netlink.Link) core.ObservedEndpoint
 	c := children[0]
 	attrs := c.Link.Attrs()
 	obs.Fingerprint, obs.IfName, obs.IfIndex = c.Fields[0], attrs.Name, attrs.Index
-	if lower == nil || len(children) > 1 || attrs.Flags&net.FlagUp == 0 || !sound(c.Link, lower.Attrs().Index, rec) {
+	if lower == nil || len(children) > 1 || !sound(c.Link, lower.Attrs().Index, rec) {
 		return obs
 	}
-	obs.Healthy = hasAddr(h, c.Link, rec.Addr)
+	if sandboxed(rec.NetNSID) {
+		// Docker renames, addresses and brings up a handed-off child after
+		// moving it in: judging (and so repairing) that would race Docker.
+		obs.Healthy = true
+		return obs
+	}
+	obs.Healthy = attrs.Flags&net.FlagUp != 0 && hasAddr(h, c.Link, rec.Addr)
 	return obs
 }
 
@@ -350,18 +410,24 @@ func listChildren(h *netlink.Handle, key, mac string) ([]nl.OwnedLink, map[strin
 
 // openNS opens the record's namespace. gone reports that it no longer exists, or
 // that its path now holds another namespace (a restarted container): either way
-// the children made in the recorded one died with it.
+// the children made in the recorded one died with it. A Docker sandbox is
+// identified by its path alone (core.SandboxNetNSID), so nothing is compared;
+// gone then also means "not bound yet" (Docker joins before the namespace
+// exists), which the callers tell apart by a child waiting on the host.
 func openNS(rec epRecord) (h *netlink.Handle, ns netns.NsHandle, gone bool, err error) {
-	id, err := nl.NetNSID(rec.NetNSPath)
-	if errors.Is(err, fs.ErrNotExist) || (err == nil && rec.NetNSID != "" && id != rec.NetNSID) {
-		return nil, 0, true, nil
-	}
-	if err != nil {
-		return nil, 0, false, err
+	if !sandboxed(rec.NetNSID) {
+		id, err := nl.NetNSID(rec.NetNSPath)
+		if errors.Is(err, fs.ErrNotExist) || (err == nil && rec.NetNSID != "" && id != rec.NetNSID) {
+			return nil, 0, true, nil
+		}
+		if err != nil {
+			return nil, 0, false, err
+		}
 	}
 	h, ns, err = nl.InNS(rec.NetNSPath)
-	if errors.Is(err, unix.EINVAL) {
-		return nil, 0, true, nil // a leftover mount point that is no namespace any more
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.EINVAL) {
+		// Gone meanwhile, or a file that is no namespace (any more, or yet).
+		return nil, 0, true, nil
 	}
 	return h, ns, false, err
 }

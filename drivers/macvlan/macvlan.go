@@ -46,7 +46,8 @@
 // next Ensure replaces. A child is judged against the network's current record:
 // after a change of parent, mode or vlan= its endpoints are observed unhealthy
 // and rebuilt. ObservedEndpoint.IfName/IfIndex are the container-side name and
-// index: there is no host-side link.
+// index: there is no host-side link (but for a child handed off to Docker, which
+// waits in the host namespace until Docker moves it: see handoff.go).
 package macvlan
 
 import (
@@ -114,7 +115,10 @@ type Driver struct {
 	mu sync.Mutex
 }
 
-var _ core.Driver = (*Driver)(nil)
+var (
+	_ core.Driver  = (*Driver)(nil)
+	_ core.HandOff = (*Driver)(nil)
+)
 
 // New returns the driver; Close releases its netlink sockets.
 func New(log *logrus.Entry, cfg Config) (*Driver, error) {
@@ -329,6 +333,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 	for _, l := range links {
 		hostLinks[l.Attrs().Name] = l
 	}
+	handOffIdx := indexHandedOff(links)
 	nets, bad, err := recstore.List[netRecord](d.nets)
 	if err != nil {
 		return a, err
@@ -355,7 +360,11 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 		if n, ok := netByKey[r.Network]; ok {
 			want.Lower, want.Mode = n.Lower, n.Mode
 		}
-		a.Endpoints[r.Key] = d.inspect(want, hostLinks[want.Lower])
+		var waiting []nl.OwnedLink
+		if sandboxed(r.NetNSID) {
+			waiting = handedOff(handOffIdx, hostLinks, r.Key)
+		}
+		a.Endpoints[r.Key] = d.inspect(want, hostLinks[want.Lower], waiting)
 	}
 	return a, nil
 }
