@@ -190,7 +190,11 @@ func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpoint
 	ep := core.Endpoint{Tenant: n.Tenant, Network: n.Name, Name: endpointName(req.EndpointID), IP: plainIP(req.Interface.Address),
 		MAC: req.Interface.MacAddress, Host: p.cfg.Host, DockerEndpoint: req.EndpointID}
 	resp := &network.CreateEndpointResponse{Interface: &network.EndpointInterface{}}
-	if ep.MAC == "" {
+	ownMAC := hasOwnMAC(n)
+	if !ownMAC && ep.MAC != "" {
+		return nil, fmt.Errorf("%w: --mac-address: %s endpoints use their parent's or NIC's own MAC", core.ErrInvalid, n.Driver)
+	}
+	if ep.MAC == "" && ownMAC {
 		// Only fields Docker left empty may be filled in; the MAC is ours to pick.
 		ep.MAC = state.NewMAC()
 		resp.Interface.MacAddress = ep.MAC
@@ -212,6 +216,20 @@ func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpoint
 		resp.Interface.MacAddress = ep.MAC // a repeated call answers with the stored MAC
 	}
 	return resp, nil
+}
+
+// hasOwnMAC reports whether the network's endpoints get a MAC of their own.
+// Docker sets any MAC we return on the link it moves: ipvlan children and macvlan
+// passthru share their parent's (the kernel refuses a change), and a host NIC
+// keeps its own.
+func hasOwnMAC(n core.Network) bool {
+	switch n.Driver {
+	case "ipvlan", "hostnic":
+		return false
+	case "macvlan":
+		return n.Options["mode"] != "passthru"
+	}
+	return true
 }
 
 func (p *Plugin) endpointInfo(ctx context.Context, req *network.InfoRequest) (*network.InfoResponse, error) {

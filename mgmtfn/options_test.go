@@ -43,3 +43,21 @@ func TestPoolIDAndAddresses(t *testing.T) {
 		t.Fatal("endpointName")
 	}
 }
+
+func TestHasOwnMAC(t *testing.T) {
+	for _, c := range []struct {
+		n    core.Network
+		want bool
+	}{
+		{core.Network{Driver: "linuxbridge"}, true},
+		{core.Network{Driver: "ovs"}, true},
+		{core.Network{Driver: "macvlan"}, true},
+		{core.Network{Driver: "macvlan", Options: map[string]string{"mode": "passthru"}}, false},
+		{core.Network{Driver: "ipvlan"}, false},
+		{core.Network{Driver: "hostnic"}, false},
+	} {
+		if got := hasOwnMAC(c.n); got != c.want {
+			t.Errorf("%s %v: %v, want %v", c.n.Driver, c.n.Options, got, c.want)
+		}
+	}
+}

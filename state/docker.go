@@ -435,14 +435,23 @@ func (s *Store) AttachNetNS(ctx context.Context, tenant, name, netns string) (in
 // NetworkOfSubnet finds the logical network behind a Docker network of host
 // whose subnet is subnet: IPAM calls carry only the pool, never the network.
 func (s *Store) NetworkOfSubnet(ctx context.Context, host, subnet string) (core.Network, error) {
-	mine, err := s.DockerNetworks(ctx, host)
-	if err != nil {
-		return core.Network{}, err
-	}
-	for _, dn := range mine {
-		n, _, err := s.GetNetwork(ctx, dn.Tenant, dn.Network)
-		if err == nil && n.Subnet == subnet {
-			return n, nil
+	// A network renamed between reading the mapping and reading the network is
+	// found on the next try: the rename moves both in one transaction.
+	for attempt := 0; attempt < 3; attempt++ {
+		mine, err := s.DockerNetworks(ctx, host)
+		if err != nil {
+			return core.Network{}, err
+		}
+		renamed := false
+		for _, dn := range mine {
+			n, _, err := s.GetNetwork(ctx, dn.Tenant, dn.Network)
+			if err == nil && n.Subnet == subnet {
+				return n, nil
+			}
+			renamed = renamed || errors.Is(err, core.ErrNotFound)
+		}
+		if !renamed {
+			break
 		}
 	}
 	return core.Network{}, fmt.Errorf("%w: no netplugin Docker network with subnet %s on %s", core.ErrNotFound, subnet, host)
