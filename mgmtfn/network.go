@@ -191,8 +191,10 @@ func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpoint
 		MAC: req.Interface.MacAddress, Host: p.cfg.Host, DockerEndpoint: req.EndpointID}
 	resp := &network.CreateEndpointResponse{Interface: &network.EndpointInterface{}}
 	ownMAC := hasOwnMAC(n)
-	if !ownMAC && ep.MAC != "" {
-		return nil, fmt.Errorf("%w: --mac-address: %s endpoints use their parent's or NIC's own MAC", core.ErrInvalid, n.Driver)
+	// For hostnic --mac-address is how the seed plugin chose the NIC: the NIC
+	// has that MAC already, so Docker setting it changes nothing.
+	if !ownMAC && ep.MAC != "" && n.Driver != "hostnic" {
+		return nil, fmt.Errorf("%w: --mac-address: %s endpoints use their parent's MAC", core.ErrInvalid, n.Driver)
 	}
 	if ep.MAC == "" && ownMAC {
 		// Only fields Docker left empty may be filled in; the MAC is ours to pick.
