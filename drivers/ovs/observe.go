@@ -92,7 +92,10 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 		o := core.ObservedEndpoint{Key: key, Fingerprint: p.ext[extFP], IfName: p.name}
 		tag, _ := r.GetInt("tag")
 		rec, haveNet := recs[p.ext[extNet]]
-		healthy := onBridge[p.uuid] && ofports[p.name] > 0 && haveNet && tag == int64(rec.VLAN)
+		// ofport 0: committed, vswitchd has not attached it yet — in progress,
+		// not broken, so it is not "repaired" while a bulk attach settles;
+		// -1: vswitchd failed to attach it.
+		healthy := onBridge[p.uuid] && ofports[p.name] >= 0 && haveNet && tag == int64(rec.VLAN)
 		if l, ok := byName[p.name]; ok {
 			o.IfIndex = l.Attrs().Index
 			f, mine := nl.ParseAlias(l.Attrs().Alias, kindEP, 2)
