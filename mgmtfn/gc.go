@@ -3,6 +3,7 @@ package mgmtfn
 import (
 	"context"
 	"errors"
+	"os"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -122,8 +123,11 @@ func (p *Plugin) collect(ctx context.Context, dns []state.DockerNetwork, known m
 		}
 		seen[ep.Key()] = true
 		p.suspect[ep.Key()]++
-		if p.suspect[ep.Key()] < 2 {
-			continue // it may be between CreateEndpoint and Docker storing it
+		// A joined endpoint whose sandbox is gone is stale at once; one never
+		// joined may be between CreateEndpoint and Docker storing it, so it
+		// waits for a second pass.
+		if _, err := os.Stat(ep.NetNS); p.suspect[ep.Key()] < 2 && (ep.NetNS == "" || err == nil) {
+			continue
 		}
 		n, _, err := p.cfg.Store.GetNetwork(ctx, ep.Tenant, ep.Network)
 		if err != nil {
