@@ -284,25 +284,7 @@ func (d *Driver) deleteChildren(rec epRecord) error {
 			return err
 		}
 	}
-	h, ns, gone, err := openNS(rec)
-	if gone {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("endpoint %s: %w", rec.Key, err)
-	}
-	defer ns.Close()
-	defer h.Close()
-	children, err := childrenOf(h, rec.Key)
-	if err != nil {
-		return fmt.Errorf("endpoint %s: netns %s: %w", rec.Key, rec.NetNSPath, err)
-	}
-	for _, c := range children {
-		if err := h.LinkDel(c.Link); err != nil && !nl.IsNotFound(err) {
-			return fmt.Errorf("endpoint %s: delete %s in %s: %w", rec.Key, c.Link.Attrs().Name, rec.NetNSPath, err)
-		}
-	}
-	return nil
+	return d.deleteInNS(rec)
 }
 
 // inspect finds the record's child and judges it. lower is the host link the
