@@ -115,7 +115,7 @@ func run(c *cli.Context) error {
 			defer d.Close()
 			drivers[name] = d
 		case hostnic.Name:
-			d, err := hostnic.New(log, hostnic.Config{StateDir: stateDir(hostnic.Name, c.String("host-label"))})
+			d, err := hostnic.New(log, hostnic.Config{StateDir: stateDir(hostnic.Name, c.String("host-label")), Host: c.String("host-label")})
 			if err != nil {
 				return err
 			}

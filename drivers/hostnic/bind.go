@@ -41,7 +41,7 @@ type binding struct {
 	Detached time.Time `json:"detached,omitzero"`
 }
 
-func (b binding) alias() string { return nl.Alias(kindNIC, b.Fingerprint, b.Orig.Name, b.Key) }
+func (b binding) alias(kind string) string { return nl.Alias(kind, b.Fingerprint, b.Orig.Name, b.Key) }
 
 // tempName is the NIC's name while it crosses namespaces ("nph" + 10 hex): its
 // host name may exist in the container (eth0 on both sides) and its container
@@ -81,7 +81,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 			if sandboxed(old.NetNSID) {
 				name, index, found, err = d.findHandedOff(ctx, old)
 			} else {
-				name, index, found, err = repair(old, cif)
+				name, index, found, err = d.repair(old, cif)
 			}
 			if err != nil || found {
 				obs.IfName, obs.IfIndex, obs.Healthy = name, index, err == nil
@@ -160,14 +160,14 @@ func (d *Driver) claim(ep core.EndpointSpec, sel selector, cif nl.ContainerIf, o
 }
 
 // repair finds the binding's NIC in its namespace and configures it again.
-func repair(b binding, cif nl.ContainerIf) (name string, index int, found bool, err error) {
+func (d *Driver) repair(b binding, cif nl.ContainerIf) (name string, index int, found bool, err error) {
 	h, ns, gone, err := openNS(b.NetNSPath, b.NetNSID)
 	if gone || err != nil {
 		return "", 0, false, err
 	}
 	defer ns.Close()
 	defer h.Close()
-	nics, err := nicsOf(h, b.Key)
+	nics, err := d.nicsOf(h, b.Key)
 	if err != nil || len(nics) == 0 {
 		return "", 0, false, err
 	}
@@ -182,7 +182,7 @@ func repair(b binding, cif nl.ContainerIf) (name string, index int, found bool, 
 func (d *Driver) take(link netlink.Link, b binding, cif nl.ContainerIf) (string, int, error) {
 	h := d.host
 	// Mark first: from here on a crash leaves a NIC that says whose it is.
-	if err := h.LinkSetAlias(link, b.alias()); err != nil {
+	if err := h.LinkSetAlias(link, b.alias(d.kind)); err != nil {
 		return "", 0, fmt.Errorf("mark %s: %w", b.Orig.Name, err)
 	}
 	if err := h.LinkSetDown(link); err != nil {
@@ -238,7 +238,7 @@ func (d *Driver) inspect(b binding) core.ObservedEndpoint {
 			d.log.WithError(err).WithField("ep", b.Key).Warn("cannot look for the handed-off NIC on the host")
 			return obs
 		}
-		f, _ := nl.ParseAlias(nic.Attrs().Alias, kindNIC, 3)
+		f, _ := nl.ParseAlias(nic.Attrs().Alias, d.kind, 3)
 		obs.Fingerprint, obs.IfName, obs.IfIndex, obs.Healthy = f[0], nic.Attrs().Name, nic.Attrs().Index, true
 		return obs
 	}
@@ -251,7 +251,7 @@ func (d *Driver) inspect(b binding) core.ObservedEndpoint {
 	}
 	defer ns.Close()
 	defer h.Close()
-	nics, err := nicsOf(h, b.Key)
+	nics, err := d.nicsOf(h, b.Key)
 	if err != nil || len(nics) == 0 {
 		return obs
 	}
@@ -276,8 +276,8 @@ func (d *Driver) inspect(b binding) core.ObservedEndpoint {
 }
 
 // nicsOf lists the links in the namespace of h marked as the endpoint's.
-func nicsOf(h *netlink.Handle, key string) ([]nl.OwnedLink, error) {
-	owned, err := nl.LinksOfKind(h, kindNIC, 3)
+func (d *Driver) nicsOf(h *netlink.Handle, key string) ([]nl.OwnedLink, error) {
+	owned, err := nl.LinksOfKind(h, d.kind, 3)
 	if err != nil {
 		return nil, err
 	}

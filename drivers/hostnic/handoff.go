@@ -91,7 +91,7 @@ func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (stri
 func (d *Driver) handOff(link netlink.Link, b binding) (string, int, error) {
 	h := d.host
 	// Mark first: from here on a crash leaves a NIC that says whose it is.
-	if err := h.LinkSetAlias(link, b.alias()); err != nil {
+	if err := h.LinkSetAlias(link, b.alias(d.kind)); err != nil {
 		return "", 0, fmt.Errorf("mark %s: %w", b.Orig.Name, err)
 	}
 	if err := h.LinkSetDown(link); err != nil {
@@ -123,7 +123,7 @@ func (d *Driver) waitingOnHost(b binding) (netlink.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("look up %s: %w", core.HandOffIfName(b.Key), err)
 	}
-	if f, ok := nl.ParseAlias(l.Attrs().Alias, kindNIC, 3); ok && f[2] == b.Key {
+	if f, ok := nl.ParseAlias(l.Attrs().Alias, d.kind, 3); ok && f[2] == b.Key {
 		return l, nil
 	}
 	return nil, nil
@@ -155,7 +155,7 @@ func (d *Driver) findHandedOff(ctx context.Context, b binding) (name string, ind
 			return "", 0, false, err
 		}
 		if !gone {
-			nics, err := nicsOf(h, b.Key)
+			nics, err := d.nicsOf(h, b.Key)
 			ns.Close()
 			h.Close()
 			if err != nil {

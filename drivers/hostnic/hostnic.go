@@ -68,8 +68,10 @@ const (
 	OptForce = "force"
 )
 
-// kindNIC is the alias kind of a bound NIC:
-// netplugin:hnic:<fingerprint>:<original name>:<tenant/ep>.
+// kindNIC is the alias kind of a bound NIC,
+// netplugin:hnic@<host>:<fingerprint>:<original name>:<tenant/ep> — qualified by
+// the agent's host label (Config.Host) so that agents sharing a kernel never
+// take each other's NICs back; without a host label just "hnic".
 const kindNIC = "hnic"
 
 // Defaults.
@@ -87,6 +89,8 @@ type Config struct {
 	// NetNS is the namespace file of the host namespace; "" means the agent's
 	// own. It lets one process act as several hosts (tests, local clusters).
 	NetNS string
+	// Host is the agent's host label; it qualifies the ownership mark.
+	Host string
 	// ReturnWait is how long RemoveEndpoint waits for a NIC to come back from a
 	// destroyed namespace (the kernel returns it asynchronously); 0 means 3 s.
 	ReturnWait time.Duration
@@ -100,6 +104,7 @@ type Driver struct {
 	nets       recstore.Dir
 	eps        recstore.Dir
 	returnWait time.Duration
+	kind       string // alias kind of our NICs, see kindNIC
 	// mu serialises everything: moves of NICs are rare, and every operation
 	// first gives stray NICs back and checks bindings against each other.
 	mu sync.Mutex
@@ -123,7 +128,10 @@ func New(log *logrus.Entry, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{log: log.WithField("driver", Name), nets: nets, eps: eps, returnWait: cfg.ReturnWait}
+	d := &Driver{log: log.WithField("driver", Name), nets: nets, eps: eps, returnWait: cfg.ReturnWait, kind: kindNIC}
+	if cfg.Host != "" {
+		d.kind = kindNIC + "@" + strings.ReplaceAll(cfg.Host, ":", "_")
+	}
 	if d.returnWait <= 0 {
 		d.returnWait = defaultReturnWait
 	}

@@ -74,7 +74,7 @@ func (d *Driver) release(ctx context.Context, b binding) error {
 
 // moveOut sends the binding's NIC from the namespace of h back to the host.
 func (d *Driver) moveOut(h *netlink.Handle, b binding) error {
-	nics, err := nicsOf(h, b.Key)
+	nics, err := d.nicsOf(h, b.Key)
 	if err != nil {
 		return fmt.Errorf("netns %s: %w", b.NetNSPath, err)
 	}
@@ -100,7 +100,7 @@ func (d *Driver) findOnHost(b binding) (link netlink.Link, marked bool, err erro
 		return nil, false, err
 	}
 	for _, l := range links {
-		if f, ok := nl.ParseAlias(l.Attrs().Alias, kindNIC, 3); ok && f[2] == b.Key {
+		if f, ok := nl.ParseAlias(l.Attrs().Alias, d.kind, 3); ok && f[2] == b.Key {
 			return l, true, nil
 		}
 	}
@@ -211,7 +211,7 @@ func (d *Driver) restoreAddrs(link netlink.Link, b binding) error {
 // left half-way. Its binding stays (the endpoint is then observed unhealthy and
 // bound again or removed) unless it was already detached.
 func (d *Driver) giveBackStrays() {
-	owned, err := nl.LinksOfKind(d.host, kindNIC, 3)
+	owned, err := nl.LinksOfKind(d.host, d.kind, 3)
 	if err != nil {
 		d.log.WithError(err).Warn("list host links; will retry")
 		return
