@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -45,6 +47,14 @@ func (b *bench) startAgent(etcdURL, listen, host string, extra ...string) (*agen
 	}
 	a.stop()
 	return nil, fmt.Errorf("netplugin not healthy after 20s: %s", a.log.String())
+}
+
+// cleanStateDirs removes the driver records an agent of host kept under /run
+// (empty once its endpoints are gone).
+func cleanStateDirs(host string) {
+	for _, drv := range []string{"macvlan", "ipvlan", "hostnic"} {
+		_ = os.RemoveAll(filepath.Join("/run/netplugin", drv, host))
+	}
 }
 
 func (a *agentProc) stop() {

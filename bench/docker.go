@@ -34,6 +34,7 @@ func (b *bench) dockerRun(ctx context.Context) ([]Result, error) {
 	}
 	defer env.close()
 	plugin := b.prefix + "d"
+	defer cleanStateDirs(b.prefix + "-dhost")
 	a, err := b.startAgent(env.url, env.listen, b.prefix+"-dhost", "--docker-socket", sock, "--docker-plugin", plugin)
 	if err != nil {
 		return nil, err

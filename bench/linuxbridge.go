@@ -42,6 +42,7 @@ func (b *bench) linuxbridge(ctx context.Context) ([]Result, error) {
 	}
 	defer env.close()
 	host := b.prefix + "-host"
+	defer cleanStateDirs(host)
 	tenant := b.prefix + "t"
 	a, err := b.startAgent(env.url, env.listen, host)
 	if err != nil {

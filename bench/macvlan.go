@@ -68,6 +68,7 @@ func (b *bench) macvlan(ctx context.Context) ([]Result, error) {
 	}
 	defer env.close()
 	host, tenant := b.prefix+"-mhost", b.prefix+"m"
+	defer cleanStateDirs(host)
 	a, err := b.startAgent(env.url, env.listen, host, "--drivers", "macvlan")
 	if err != nil {
 		return res, err

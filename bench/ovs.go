@@ -153,6 +153,7 @@ func (b *bench) ovs(ctx context.Context) ([]Result, error) {
 	}
 	defer env.close()
 	host, tenant := b.prefix+"-ohost", b.prefix+"o"
+	defer cleanStateDirs(host)
 	a, err := b.startAgent(env.url, env.listen, host, "--drivers", "ovs", "--ovsdb", "unix:"+o.sock(),
 		"--ovs-datapath", "netdev", "--ovs-netns", "/var/run/netns/"+o.ns)
 	if err != nil {

@@ -20,7 +20,7 @@ cleanup() {
 	dk rm -f myContainer1 myContainer2 >/dev/null 2>&1
 	[ -n "$np_pid" ] && kill "$np_pid" 2>/dev/null && wait "$np_pid" 2>/dev/null
 	scripts/dockerd-down.sh "$dir" >/dev/null 2>&1
-	rm -rf "$dir"
+	rm -rf "$dir" /run/netplugin/*/"$host"
 }
 trap cleanup EXIT
 
