@@ -2,13 +2,13 @@ package main
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
