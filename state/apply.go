@@ -3,6 +3,7 @@ package state
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -79,11 +80,10 @@ func (s *Store) Apply(ctx context.Context, d Document, defaultHost string) (Appl
 			return sum, err
 		}
 	}
-	for _, e := range plan.delEPs {
-		if err := s.DeleteEndpoint(ctx, e.Tenant, e.Name); err != nil {
-			return sum, err
-		}
-		sum.Deleted++
+	deleted, err := s.deleteEndpoints(ctx, plan.delEPs, plan.epRev)
+	sum.Deleted += deleted
+	if err != nil {
+		return sum, err
 	}
 	for _, n := range plan.delNets {
 		if err := s.DeleteNetwork(ctx, n.Tenant, n.Name); err != nil {
@@ -130,6 +130,7 @@ type epUpdate struct {
 
 type applyPlan struct {
 	delEPs     []core.Endpoint
+	epRev      map[string]int64 // mod revisions of the endpoints read
 	delNets    []core.Network
 	delTenants []string
 	newTenants []string
@@ -270,6 +271,10 @@ func (s *Store) planApply(ctx context.Context, d Document, defaultHost string) (
 	for k, e := range curEPs {
 		if !wantEPs[k] {
 			p.delEPs = append(p.delEPs, e)
+			if p.epRev == nil {
+				p.epRev = map[string]int64{}
+			}
+			p.epRev[k] = curRev[k]
 			continue
 		}
 		if other, ok := ips[e.NetworkKey()+"/"+e.IP]; ok && other != e.Name {
@@ -367,6 +372,38 @@ func sameNetwork(cur, want core.Network) error {
 		return bad("driver")
 	}
 	return nil
+}
+
+// deleteEndpoints deletes endpoints and releases their IPs in as few
+// transactions as etcd's limit allows, each endpoint only if it is unchanged
+// since it was read; a batch that lost a race falls back to one by one.
+func (s *Store) deleteEndpoints(ctx context.Context, eps []core.Endpoint, rev map[string]int64) (int, error) {
+	deleted := 0
+	const batch = maxTxnOps / 2 // two deletes per endpoint
+	for start := 0; start < len(eps); start += batch {
+		chunk := eps[start:min(start+batch, len(eps))]
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		for _, e := range chunk {
+			cmps = append(cmps, unchanged(endpointKey(e.Tenant, e.Name), rev[e.Key()]))
+			ops = append(ops, clientv3.OpDelete(endpointKey(e.Tenant, e.Name)), clientv3.OpDelete(ipKey(e.Tenant, e.Network, e.IP)))
+		}
+		r, err := s.txn(ctx, cmps, ops...)
+		if err != nil {
+			return deleted, err
+		}
+		if r.Succeeded {
+			deleted += len(chunk)
+			continue
+		}
+		for _, e := range chunk {
+			if err := s.DeleteEndpoint(ctx, e.Tenant, e.Name); err != nil && !errors.Is(err, core.ErrNotFound) {
+				return deleted, err
+			}
+			deleted++
+		}
+	}
+	return deleted, nil
 }
 
 // createEndpoints writes many new endpoints in as few transactions as etcd's
