@@ -1,6 +1,9 @@
 package core
 
-import "context"
+import (
+	"context"
+	"strings"
+)
 
 // NetworkSpec is everything a driver needs to program one network on a host.
 type NetworkSpec struct {
@@ -91,6 +94,10 @@ type HandOff interface {
 // before the sandbox's namespace exists (it is bound there when the container
 // starts), so its inode cannot be the identity, and the path is unique per sandbox.
 func SandboxNetNSID(path string) string { return "sandbox:" + path }
+
+// IsSandboxNetNSID reports whether a namespace ID names a Docker sandbox by its
+// path (SandboxNetNSID) rather than a namespace by device and inode.
+func IsSandboxNetNSID(id string) bool { return strings.HasPrefix(id, SandboxNetNSID("")) }
 
 // HandOffIfName is the temporary host-namespace name of a handed-off link.
 func HandOffIfName(epKey string) string { return "nq" + Short(epKey) }

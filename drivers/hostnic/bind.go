@@ -78,7 +78,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 			var name string
 			var index int
 			var found bool
-			if sandboxed(old.NetNSID) {
+			if core.IsSandboxNetNSID(old.NetNSID) {
 				name, index, found, err = d.findHandedOff(ctx, old)
 			} else {
 				name, index, found, err = d.repair(old, cif)
@@ -98,7 +98,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	}
 	var name string
 	var index int
-	if sandboxed(b.NetNSID) && !sandboxBound(b.NetNSPath) {
+	if core.IsSandboxNetNSID(b.NetNSID) && !sandboxBound(b.NetNSPath) {
 		name, index, err = d.handOff(link, b)
 	} else {
 		name, index, err = d.take(link, b, cif)
@@ -257,7 +257,7 @@ func (d *Driver) inspect(b binding) core.ObservedEndpoint {
 	}
 	a := nics[0].Link.Attrs()
 	obs.Fingerprint, obs.IfName, obs.IfIndex = nics[0].Fields[0], a.Name, a.Index
-	if sandboxed(b.NetNSID) {
+	if core.IsSandboxNetNSID(b.NetNSID) {
 		// Docker renames, addresses and brings up a handed-off NIC after
 		// moving it in: judging (and so repairing) that would race Docker.
 		obs.Healthy = true
@@ -295,7 +295,7 @@ func (d *Driver) nicsOf(h *netlink.Handle, key string) ([]nl.OwnedLink, error) {
 // sandbox is identified by its path alone (core.SandboxNetNSID), so nothing is
 // compared; gone then also means "not bound yet".
 func openNS(path, id string) (h *netlink.Handle, ns netns.NsHandle, gone bool, err error) {
-	if !sandboxed(id) {
+	if !core.IsSandboxNetNSID(id) {
 		cur, err := nl.NetNSID(path)
 		if errors.Is(err, fs.ErrNotExist) || (err == nil && id != "" && cur != id) {
 			return nil, 0, true, nil

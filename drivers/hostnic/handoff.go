@@ -22,7 +22,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -33,15 +32,11 @@ import (
 	"github.com/netplugin/netplugin/internal/nl"
 )
 
-// sandboxed reports whether a namespace ID names a Docker sandbox by its path
-// (core.SandboxNetNSID) rather than a namespace by its inode.
-func sandboxed(netnsID string) bool { return strings.HasPrefix(netnsID, core.SandboxNetNSID("")) }
-
 // PrepareHandOff binds the selected NIC to the endpoint and leaves it on the
 // host, down and renamed to core.HandOffIfName, for Docker to move into the
 // sandbox. A repeated call finds the NIC still waiting there.
 func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (string, error) {
-	if !sandboxed(ep.NetNSID) {
+	if !core.IsSandboxNetNSID(ep.NetNSID) {
 		return "", fmt.Errorf("%w: endpoint %s: hand-off needs a sandbox ID (core.SandboxNetNSID), got %q", core.ErrInvalid, ep.Key(), ep.NetNSID)
 	}
 	sel, cif, err := endpointTarget(ep)
@@ -113,7 +108,7 @@ func (d *Driver) handOff(link netlink.Link, b binding) (string, int, error) {
 // waitingOnHost returns the NIC of a Docker sandbox's binding if it is on the
 // host under its hand-off name, marked as the endpoint's; nil otherwise.
 func (d *Driver) waitingOnHost(b binding) (netlink.Link, error) {
-	if !sandboxed(b.NetNSID) {
+	if !core.IsSandboxNetNSID(b.NetNSID) {
 		return nil, nil
 	}
 	l, err := d.host.LinkByName(core.HandOffIfName(b.Key))

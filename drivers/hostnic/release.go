@@ -225,7 +225,7 @@ func (d *Driver) giveBackStrays() {
 			log.WithError(err).Warn("read binding; will retry")
 			continue
 		}
-		if o.Link.Attrs().Name == core.HandOffIfName(key) && (!has || (b.Detached.IsZero() && sandboxed(b.NetNSID))) {
+		if o.Link.Attrs().Name == core.HandOffIfName(key) && (!has || (b.Detached.IsZero() && core.IsSandboxNetNSID(b.NetNSID))) {
 			// Handed off to Docker: waiting to be moved into the sandbox, or
 			// given back by Docker's Leave. Without a binding here it is most
 			// likely another agent's on this kernel (the mark names no host),

@@ -61,7 +61,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 
 	var ch *netlink.Handle
 	var cns netns.NsHandle
-	if sandboxed(ep.NetNSID) {
+	if core.IsSandboxNetNSID(ep.NetNSID) {
 		// A sound child waiting in the host namespace, or moved into the
 		// sandbox, is Docker's to configure; one is made in the host namespace
 		// again while the sandbox is not bound (see handoff.go).
@@ -287,7 +287,7 @@ func (d *Driver) deleteChildren(h *netlink.Handle, rec epRecord) error {
 	var ch *netlink.Handle
 	var cns netns.NsHandle
 	var err error
-	if sandboxed(rec.NetNSID) {
+	if core.IsSandboxNetNSID(rec.NetNSID) {
 		if err := d.deleteHostChildren(h, rec.Key); err != nil {
 			return err
 		}

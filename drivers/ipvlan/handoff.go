@@ -23,7 +23,6 @@ import (
 	"fmt"
 	"io/fs"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -35,10 +34,6 @@ import (
 	"github.com/netplugin/netplugin/internal/nl"
 )
 
-// sandboxed reports whether a namespace ID names a Docker sandbox by its path
-// (core.SandboxNetNSID) rather than a namespace by its inode.
-func sandboxed(netnsID string) bool { return strings.HasPrefix(netnsID, core.SandboxNetNSID("")) }
-
 // PrepareHandOff creates the endpoint's child in the host namespace, named
 // core.HandOffIfName, for Docker to move into the sandbox. It has the parent's
 // MAC, as every ipvlan child. A repeated call finds the child still waiting.
@@ -46,7 +41,7 @@ func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (stri
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
-	if !sandboxed(ep.NetNSID) {
+	if !core.IsSandboxNetNSID(ep.NetNSID) {
 		return "", fmt.Errorf("%w: endpoint %s: hand-off needs a sandbox ID (core.SandboxNetNSID), got %q", core.ErrInvalid, ep.Key(), ep.NetNSID)
 	}
 	want, o, err := wantRecord(ep)

@@ -325,7 +325,7 @@ func (d *Driver) observeChild(host *netlink.Handle, rec epRecord, parentIndex in
 	var h *netlink.Handle
 	var ns netns.NsHandle
 	var err error
-	if sandboxed(rec.NetNSID) {
+	if core.IsSandboxNetNSID(rec.NetNSID) {
 		waiting, err := d.hostChildren(host, rec.Key)
 		if err != nil {
 			log.WithError(err).Warn("cannot list the host's links")
@@ -356,7 +356,7 @@ func (d *Driver) observeChild(host *netlink.Handle, rec epRecord, parentIndex in
 	if err != nil || len(kids) == 0 {
 		return nil, false
 	}
-	if sandboxed(rec.NetNSID) {
+	if core.IsSandboxNetNSID(rec.NetNSID) {
 		// Docker renames, addresses and brings up a handed-off child after
 		// moving it in: judging (and so repairing) that would race Docker.
 		return kids[0].link, len(kids) == 1 && reusable(kids[0], rec.Fingerprint, rec.Mode, parentIndex)

@@ -112,7 +112,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	if err := d.adopt(t.rec); err != nil {
 		return obs, err
 	}
-	if sandboxed(ep.NetNSID) {
+	if core.IsSandboxNetNSID(ep.NetNSID) {
 		return d.ensureSandboxed(ctx, t, obs, log)
 	}
 	h, ns, err := nl.InNS(ep.NetNSPath)
@@ -279,7 +279,7 @@ func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) er
 // namespace (and, for a Docker sandbox, one waiting in or given back to the
 // host namespace); only links whose alias names this endpoint are touched.
 func (d *Driver) deleteChildren(rec epRecord) error {
-	if sandboxed(rec.NetNSID) {
+	if core.IsSandboxNetNSID(rec.NetNSID) {
 		if err := d.deleteHostChildren(rec.Key); err != nil {
 			return err
 		}
@@ -293,7 +293,7 @@ func (d *Driver) deleteChildren(rec epRecord) error {
 // to Docker waits to be moved into its sandbox (and comes back on Leave).
 func (d *Driver) inspect(rec epRecord, lower netlink.Link, waiting []nl.OwnedLink) core.ObservedEndpoint {
 	obs := core.ObservedEndpoint{Key: rec.Key, Fingerprint: rec.Fingerprint}
-	if sandboxed(rec.NetNSID) && len(waiting) > 0 {
+	if core.IsSandboxNetNSID(rec.NetNSID) && len(waiting) > 0 {
 		// Not up and without an address: Docker does that once it moved it.
 		c := waiting[0]
 		attrs := c.Link.Attrs()
@@ -320,7 +320,7 @@ func (d *Driver) inspect(rec epRecord, lower netlink.Link, waiting []nl.OwnedLin
 	if lower == nil || len(children) > 1 || !sound(c.Link, lower.Attrs().Index, rec) {
 		return obs
 	}
-	if sandboxed(rec.NetNSID) {
+	if core.IsSandboxNetNSID(rec.NetNSID) {
 		// Docker renames, addresses and brings up a handed-off child after
 		// moving it in: judging (and so repairing) that would race Docker.
 		obs.Healthy = true
@@ -397,7 +397,7 @@ func listChildren(h *netlink.Handle, key, mac string) ([]nl.OwnedLink, map[strin
 // gone then also means "not bound yet" (Docker joins before the namespace
 // exists), which the callers tell apart by a child waiting on the host.
 func openNS(rec epRecord) (h *netlink.Handle, ns netns.NsHandle, gone bool, err error) {
-	if !sandboxed(rec.NetNSID) {
+	if !core.IsSandboxNetNSID(rec.NetNSID) {
 		id, err := nl.NetNSID(rec.NetNSPath)
 		if errors.Is(err, fs.ErrNotExist) || (err == nil && rec.NetNSID != "" && id != rec.NetNSID) {
 			return nil, 0, true, nil

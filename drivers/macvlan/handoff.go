@@ -19,7 +19,6 @@ package macvlan
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -29,15 +28,11 @@ import (
 	"github.com/netplugin/netplugin/internal/nl"
 )
 
-// sandboxed reports whether a namespace ID names a Docker sandbox by its path
-// (core.SandboxNetNSID) rather than a namespace by its inode.
-func sandboxed(netnsID string) bool { return strings.HasPrefix(netnsID, core.SandboxNetNSID("")) }
-
 // PrepareHandOff creates the endpoint's child in the host namespace, named
 // core.HandOffIfName, with the endpoint's MAC, for Docker to move into the
 // sandbox. A repeated call finds the child still waiting there.
 func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (string, error) {
-	if !sandboxed(ep.NetNSID) {
+	if !core.IsSandboxNetNSID(ep.NetNSID) {
 		return "", fmt.Errorf("%w: endpoint %s: hand-off needs a sandbox ID (core.SandboxNetNSID), got %q", core.ErrInvalid, ep.Key(), ep.NetNSID)
 	}
 	t, err := d.target(ep)

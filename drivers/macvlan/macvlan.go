@@ -361,7 +361,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 			want.Lower, want.Mode = n.Lower, n.Mode
 		}
 		var waiting []nl.OwnedLink
-		if sandboxed(r.NetNSID) {
+		if core.IsSandboxNetNSID(r.NetNSID) {
 			waiting = handedOff(handOffIdx, hostLinks, r.Key)
 		}
 		a.Endpoints[r.Key] = d.inspect(want, hostLinks[want.Lower], waiting)
