@@ -19,21 +19,24 @@ import (
 
 // pluginEnv is a netplugin serving a uniquely named Docker plugin to a dockerd.
 type pluginEnv struct {
-	t      *testing.T
-	dk     *testenv.Docker
-	d      *daemon
-	name   string // plugin name, also the tenant
-	store  *state.Store
-	host   string
-	before map[string]bool
+	t     *testing.T
+	dk    *testenv.Docker
+	d     *daemon
+	name  string // plugin name, also the tenant
+	store *state.Store
+	host  string
 }
 
 func newPluginEnv(t *testing.T) *pluginEnv {
 	nstest.RequireRoot(t)
-	dk := testenv.StartDocker(t)
-	p := nstest.Prefix()
-	e := &pluginEnv{t: t, dk: dk, name: p, host: p + "-host", before: nstest.Links(t)}
-	e.d = newDaemon(t, e.host, "--docker-socket", dk.Socket(), "--docker-plugin", p)
+	return startPluginEnv(t, testenv.StartDocker(t), nstest.Prefix())
+}
+
+// startPluginEnv starts a netplugin serving the plugin named p to dk, with
+// extra agent flags, and a store client on its etcd.
+func startPluginEnv(t *testing.T, dk *testenv.Docker, p string, extra ...string) *pluginEnv {
+	e := &pluginEnv{t: t, dk: dk, name: p, host: p + "-host"}
+	e.d = newDaemon(t, e.host, append([]string{"--docker-socket", dk.Socket(), "--docker-plugin", p}, extra...)...)
 	e.d.start()
 	s, err := state.Connect(context.Background(), []string{e.d.etcdURL}, 5*time.Second, etcdtest.Log(t))
 	if err != nil {

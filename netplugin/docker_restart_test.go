@@ -7,28 +7,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/netplugin/netplugin/internal/etcdtest"
 	"github.com/netplugin/netplugin/internal/nstest"
 	"github.com/netplugin/netplugin/internal/testenv"
-	"github.com/netplugin/netplugin/state"
 )
 
 // newPrivatePluginEnv is newPluginEnv with a dockerd of its own, which the test
 // may restart or kill.
 func newPrivatePluginEnv(t *testing.T, liveRestore bool) *pluginEnv {
 	nstest.RequireRoot(t)
-	dk := testenv.StartPrivateDocker(t, testenv.PrivateOptions{LiveRestore: liveRestore})
-	p := nstest.Prefix()
-	e := &pluginEnv{t: t, dk: dk, name: p, host: p + "-host", before: nstest.Links(t)}
-	e.d = newDaemon(t, e.host, "--docker-socket", dk.Socket(), "--docker-plugin", p)
-	e.d.start()
-	s, err := state.Connect(context.Background(), []string{e.d.etcdURL}, 5*time.Second, etcdtest.Log(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	e.store = s
-	return e
+	return startPluginEnv(t, testenv.StartPrivateDocker(t, testenv.PrivateOptions{LiveRestore: liveRestore}), nstest.Prefix())
 }
 
 // waitEndpoints waits until the plugin's tenant has exactly n endpoints and n

@@ -1,18 +1,15 @@
 package main
 
 import (
-	"context"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/netplugin/netplugin/core"
-	"github.com/netplugin/netplugin/internal/etcdtest"
 	"github.com/netplugin/netplugin/internal/nstest"
 	"github.com/netplugin/netplugin/internal/ovstest"
 	"github.com/netplugin/netplugin/internal/testenv"
-	"github.com/netplugin/netplugin/state"
 )
 
 // newOVSPluginEnv is newPluginEnv with the OVS driver next to linuxbridge,
@@ -25,17 +22,8 @@ func newOVSPluginEnv(t *testing.T) (*pluginEnv, *ovstest.Instance, string) {
 	ovsNS := ovstest.NewNetns(t)
 	inst := ovstest.Start(t, ovstest.WithVswitchd(), ovstest.InNetns(ovsNS))
 	dk := testenv.StartDocker(t)
-	p := nstest.Prefix()
-	e := &pluginEnv{t: t, dk: dk, name: p, host: p + "-host", before: nstest.Links(t)}
-	e.d = newDaemon(t, e.host, "--drivers", "ovs,linuxbridge", "--ovsdb", inst.Addr(), "--ovs-datapath", "netdev",
-		"--ovs-netns", nstest.Path(ovsNS), "--docker-socket", dk.Socket(), "--docker-plugin", p)
-	e.d.start()
-	s, err := state.Connect(context.Background(), []string{e.d.etcdURL}, 5*time.Second, etcdtest.Log(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	e.store = s
+	e := startPluginEnv(t, dk, nstest.Prefix(), "--drivers", "ovs,linuxbridge", "--ovsdb", inst.Addr(),
+		"--ovs-datapath", "netdev", "--ovs-netns", nstest.Path(ovsNS))
 	return e, inst, ovsNS
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -12,10 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/netplugin/netplugin/internal/etcdtest"
 	"github.com/netplugin/netplugin/internal/nstest"
 	"github.com/netplugin/netplugin/internal/testenv"
-	"github.com/netplugin/netplugin/state"
 )
 
 // TestDockerMacvlanAndHostNIC: the seed's drivers behind `docker network
@@ -55,23 +52,8 @@ func TestDockerMacvlanAndHostNIC(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	dk := testenv.StartDocker(t)
-	e := &pluginEnv{t: t, dk: dk, name: p, host: p + "-host", before: nstest.Links(t)}
-	// The drivers' records live under /run/netplugin/<driver>/<host label>
-	// (see stateDir); removed once the agent has stopped.
-	stateDirs := map[string]string{}
-	for _, drv := range []string{"macvlan", "hostnic"} {
-		stateDirs[drv] = stateDir(drv, e.host)
-		t.Cleanup(func() { _ = os.RemoveAll(stateDirs[drv]) })
-	}
-	e.d = newDaemon(t, e.host, "--docker-socket", dk.Socket(), "--docker-plugin", p, "--drivers", "linuxbridge,macvlan,hostnic")
-	e.d.start()
-	s, err := state.Connect(context.Background(), []string{e.d.etcdURL}, 5*time.Second, etcdtest.Log(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	e.store = s
+	// newDaemon's cleanup removes the drivers' records of this host label.
+	e := startPluginEnv(t, testenv.StartDocker(t), p, "--drivers", "linuxbridge,macvlan,hostnic")
 
 	// macvlan: two children of the parent, bridge mode, reach each other.
 	mv := p + "-mv"
@@ -109,7 +91,7 @@ func TestDockerMacvlanAndHostNIC(t *testing.T) {
 				left = append(left, "child "+l.Attrs().Name)
 			}
 		}
-		left = append(left, records(stateDirs["macvlan"])...)
+		left = append(left, records(stateDir("macvlan", e.host))...)
 		return strings.Join(append(left, e.allocated()...), ", ")
 	})
 
@@ -136,7 +118,7 @@ func TestDockerMacvlanAndHostNIC(t *testing.T) {
 		case l.Attrs().Alias != "":
 			return "alias " + l.Attrs().Alias
 		}
-		return strings.Join(records(stateDirs["hostnic"]), ", ")
+		return strings.Join(records(stateDir("hostnic", e.host)), ", ")
 	})
 	e.mustDocker("network", "rm", hn)
 	waitFor(t, "no IP left", func() string { return strings.Join(e.allocated(), ", ") })
