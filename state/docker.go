@@ -277,29 +277,8 @@ func (s *Store) ReserveIP(ctx context.Context, tenant, network, ip string, lo, h
 		if err != nil {
 			return "", "", err
 		}
-		cand := ip
-		blo, bhi := lo, hi
-		if _, routed := n.HostBlockLen(); routed {
-			// A routed network's addresses on this host come from its block.
-			block, err := s.hostBlock(ctx, n, host)
-			if err != nil {
-				return "", "", err
-			}
-			first, last := core.SubnetBounds(block)
-			if bhi == 0 {
-				blo, bhi = first+1, last-1
-			} else {
-				blo, bhi = max(blo, first+1), min(bhi, last-1)
-			}
-			if cand != "" && !block.Contains(net.ParseIP(cand)) {
-				return "", "", fmt.Errorf("%w: IP %s is outside %s, the block of host %s on routed network %s", core.ErrInvalid, cand, block, host, n.Key())
-			}
-		}
-		if cand == "" {
-			if cand, err = s.pickIPIn(ctx, n, blo, bhi, attempt > 0); err != nil {
-				return "", "", err
-			}
-		} else if err := core.ValidateEndpointIP(n, cand); err != nil {
+		cand, err := s.candidateIP(ctx, n, host, ip, lo, hi, attempt > 0)
+		if err != nil {
 			return "", "", err
 		}
 		r, err := s.txn(ctx, []clientv3.Cmp{exists(networkKey(tenant, network)), free(ipKey(tenant, network, cand))},

@@ -64,26 +64,8 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 				clientv3.OpPut(networkKey(n.Tenant, n.Name), mustJSON(n)))
 		}
 		cand := ep
-		var lo, hi uint32 // the host's block of a routed network; 0, 0: the whole subnet
-		if _, routed := n.HostBlockLen(); routed {
-			block, err := s.hostBlock(ctx, n, ep.Host)
-			if err != nil {
-				return ep, err
-			}
-			lo, hi = core.SubnetBounds(block)
-			lo, hi = lo+1, hi-1 // keep the block's own base and top free, as a subnet's are
-			if cand.IP != "" && !block.Contains(net.ParseIP(cand.IP)) {
-				return ep, fmt.Errorf("%w: IP %s is outside %s, the block of host %s on routed network %s", core.ErrInvalid, cand.IP, block, ep.Host, n.Key())
-			}
-		}
-		if cand.IP == "" {
-			if cand.IP, err = s.pickIPIn(ctx, n, lo, hi, attempt > 0); err != nil {
-				return ep, err
-			}
-		} else if err := core.ValidateEndpointIP(n, cand.IP); err != nil {
+		if cand.IP, err = s.candidateIP(ctx, n, ep.Host, ep.IP, 0, 0, attempt > 0); err != nil {
 			return ep, err
-		} else {
-			cand.IP = net.ParseIP(cand.IP).To4().String()
 		}
 		cmps = append(cmps, free(ipKey(n.Tenant, n.Name, cand.IP)))
 		ops = append(ops, clientv3.OpPut(endpointKey(cand.Tenant, cand.Name), mustJSON(cand)),
@@ -101,6 +83,35 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 		// Lost a race for an auto IP or the network changed: read again and retry.
 	}
 	return ep, fmt.Errorf("create endpoint %s: too much contention, try again", ep.Key())
+}
+
+// candidateIP returns the address to try for an endpoint of n on host: ip,
+// validated and in canonical form, or a free one in [lo, hi] (0, 0: the whole
+// subnet) — on a routed network always within the host's block.
+func (s *Store) candidateIP(ctx context.Context, n core.Network, host, ip string, lo, hi uint32, random bool) (string, error) {
+	if _, routed := n.HostBlockLen(); routed {
+		block, err := s.hostBlock(ctx, n, host)
+		if err != nil {
+			return "", err
+		}
+		first, last := core.SubnetBounds(block)
+		first, last = first+1, last-1 // keep the block's own base and top free, as a subnet's are
+		if hi == 0 {
+			lo, hi = first, last
+		} else {
+			lo, hi = max(lo, first), min(hi, last)
+		}
+		if ip != "" && !block.Contains(net.ParseIP(ip)) {
+			return "", fmt.Errorf("%w: IP %s is outside %s, the block of host %s on routed network %s", core.ErrInvalid, ip, block, host, n.Key())
+		}
+	}
+	if ip == "" {
+		return s.pickIPIn(ctx, n, lo, hi, random)
+	}
+	if err := core.ValidateEndpointIP(n, ip); err != nil {
+		return "", err
+	}
+	return net.ParseIP(ip).To4().String(), nil
 }
 
 // whyEndpointCreateFailed turns a failed transaction into the user's error, or
