@@ -284,37 +284,35 @@ func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) er
 // Docker sandbox, a child in the host namespace h (waiting for Docker, or
 // given back by its Leave) goes too.
 func (d *Driver) deleteChildren(h *netlink.Handle, rec epRecord) error {
-	var ch *netlink.Handle
-	var cns netns.NsHandle
-	var err error
 	if core.IsSandboxNetNSID(rec.NetNSID) {
 		if err := d.deleteHostChildren(h, rec.Key); err != nil {
 			return err
 		}
-		var gone bool
-		if ch, cns, gone, err = openSandbox(rec.NetNSPath); gone || err != nil {
-			return err
-		}
-	} else {
-		if !sameNS(rec.NetNSPath, rec.NetNSID) {
-			return nil
-		}
-		ch, cns, err = nl.InNS(rec.NetNSPath)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
+		return d.deleteInSandbox(rec)
+	}
+	if !sameNS(rec.NetNSPath, rec.NetNSID) {
+		return nil
+	}
+	ch, cns, err := nl.InNS(rec.NetNSPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
 	}
 	defer cns.Close()
 	defer ch.Close()
-	kids, err := d.ourChildren(ch, rec.Key)
+	return d.deleteOurChildren(ch, rec)
+}
+
+// deleteOurChildren deletes the endpoint's children in the namespace of h.
+func (d *Driver) deleteOurChildren(h *netlink.Handle, rec epRecord) error {
+	kids, err := d.ourChildren(h, rec.Key)
 	if err != nil {
 		return fmt.Errorf("list links in %s: %w", rec.NetNSPath, err)
 	}
 	for _, c := range kids {
-		if err := ch.LinkDel(c.link); err != nil && !nl.IsNotFound(err) {
+		if err := h.LinkDel(c.link); err != nil && !nl.IsNotFound(err) {
 			return fmt.Errorf("delete %s in %s: %w", c.link.Attrs().Name, rec.NetNSPath, err)
 		}
 	}

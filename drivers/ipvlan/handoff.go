@@ -234,16 +234,7 @@ func (d *Driver) deleteInSandbox(rec epRecord) error {
 	}
 	defer cns.Close()
 	defer ch.Close()
-	kids, err := d.ourChildren(ch, rec.Key)
-	if err != nil {
-		return fmt.Errorf("list links in %s: %w", rec.NetNSPath, err)
-	}
-	for _, c := range kids {
-		if err := ch.LinkDel(c.link); err != nil && !nl.IsNotFound(err) {
-			return fmt.Errorf("delete %s in %s: %w", c.link.Attrs().Name, rec.NetNSPath, err)
-		}
-	}
-	return nil
+	return d.deleteOurChildren(ch, rec)
 }
 
 // hostChildren lists the endpoint's children in the host namespace h: marked
