@@ -69,6 +69,9 @@ func TestDockerContainers(t *testing.T) {
 	if !pingOK(c1, "10.81.1.2") {
 		t.Fatal("containers on one network cannot ping")
 	}
+	if !pingOK(c3, "10.81.2.254") { // c3 itself works: what follows is isolation
+		t.Fatal("container on the db network cannot reach its gateway")
+	}
 	if exec1(c1, "ping", "-c1", "-W1", "10.81.2.1") == nil || exec1(c3, "ping", "-c1", "-W1", "10.81.1.1") == nil {
 		t.Fatal("containers on different networks reach each other")
 	}

@@ -162,6 +162,9 @@ func TestDockerPlugin(t *testing.T) {
 	}
 	other := e.name + "-other"
 	e.run(other, db)
+	if !e.ping(other, "10.82.1.1") { // other works on its own network: what follows is isolation
+		t.Fatal("a container on the db network cannot reach its gateway")
+	}
 	if e.ping(other, "10.82.0.10") {
 		t.Fatal("a container on another network (other tag) reaches web1")
 	}

@@ -30,18 +30,19 @@ func TestOVSAgent(t *testing.T) {
 	d.netdcli("-oper", "create", "-construct", "tenant", p)
 	d.netdcli("-oper", "create", "-construct", "network", "-tenant", p, "-driver", "ovs", "-tag", "100", "-subnet", "10.89.1.0/24", "red")
 	d.netdcli("-oper", "create", "-construct", "network", "-tenant", p, "-driver", "ovs", "-tag", "200", "-subnet", "10.89.2.0/24", "blue")
-	for i, ep := range []struct{ name, net, ip string }{{"a", "red", "10.89.1.1"}, {"b", "red", "10.89.1.2"}, {"c", "blue", "10.89.2.1"}} {
+	for i, ep := range []struct{ name, net, ip string }{{"a", "red", "10.89.1.1"}, {"b", "red", "10.89.1.2"}, {"c", "blue", "10.89.2.1"}, {"e", "blue", "10.89.2.2"}} {
 		ns := nstest.NS(t, fmt.Sprintf("%s%d", p, i))
 		d.netdcli("-oper", "create", "-construct", "endpoint", "-tenant", p, "-net-id", ep.net, "-ip-address", ep.ip,
 			"-host", host, "-netns", ns, ep.name)
 	}
 	t.Cleanup(func() {
-		for _, e := range []string{"a", "b", "c", "d"} {
+		for _, e := range []string{"a", "b", "c", "d", "e"} {
 			_, _ = exec.Command(bins+"/netdcli", "-etcd-url", d.etcdURL, "-oper", "delete", "-construct", "endpoint", "-tenant", p, e).CombinedOutput()
 		}
 	})
-	d.waitUp(p, host, 3)
+	d.waitUp(p, host, 4)
 	nstest.MustPing(t, p+"0", "10.89.1.2")
+	nstest.MustPing(t, p+"3", "10.89.2.1") // c works on its own VLAN: what follows is isolation
 	nstest.MustNotPing(t, p+"0", "10.89.2.1")
 
 	ofports := func() string {
@@ -49,8 +50,8 @@ func TestOVSAgent(t *testing.T) {
 		return out
 	}
 	before := ofports()
-	if strings.Count(before, "ofport") != 3 {
-		t.Fatalf("want 3 netplugin interfaces:\n%s", before)
+	if strings.Count(before, "ofport") != 4 {
+		t.Fatalf("want 4 netplugin interfaces:\n%s", before)
 	}
 	ping := exec.Command("ip", "netns", "exec", p+"0", "ping", "-c", "100", "-i", "0.03", "-W", "1", "10.89.1.2")
 	var pingOut bytes.Buffer
@@ -61,7 +62,7 @@ func TestOVSAgent(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	d.stop(syscall.SIGKILL)
 	d.start()
-	d.waitUp(p, host, 3)
+	d.waitUp(p, host, 4)
 	if err := ping.Wait(); err != nil || !strings.Contains(pingOut.String(), " 0% packet loss") {
 		t.Fatalf("ping across the agent restart: %v\n%s", err, pingOut.String())
 	}
@@ -83,7 +84,7 @@ func TestOVSAgent(t *testing.T) {
 	// OVSDB down: the new endpoint reports why, the agent keeps running, and it
 	// comes up once OVSDB is back.
 	ovsInst.KillDBServer(t)
-	ns := nstest.NS(t, p+"3")
+	ns := nstest.NS(t, p+"5")
 	d.netdcli("-oper", "create", "-construct", "endpoint", "-tenant", p, "-net-id", "red", "-ip-address", "10.89.1.4", "-host", host, "-netns", ns, "d")
 	deadline = time.Now().Add(30 * time.Second)
 	for {
@@ -100,6 +101,6 @@ func TestOVSAgent(t *testing.T) {
 		t.Fatal("the agent exited when OVSDB went away")
 	}
 	ovsInst.RestartDBServer(t)
-	d.waitUp(p, host, 4)
-	nstest.MustPing(t, p+"3", "10.89.1.1")
+	d.waitUp(p, host, 5)
+	nstest.MustPing(t, p+"5", "10.89.1.1")
 }

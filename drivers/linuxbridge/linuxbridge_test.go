@@ -68,6 +68,9 @@ func TestTrafficIsolationAndIdempotence(t *testing.T) {
 	}
 	nstest.MustPing(t, p+"a", "10.77.1.2")
 	nstest.MustPing(t, p+"a", "10.77.1.254") // the gateway on the bridge
+	// c works on its own network, so its silence towards a is isolation, not a
+	// broken endpoint.
+	nstest.MustPing(t, p+"c", "10.77.2.254")
 	nstest.MustNotPing(t, p+"a", "10.77.2.1")
 	nstest.MustNotPing(t, p+"c", "10.77.1.1")
 

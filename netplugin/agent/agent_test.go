@@ -91,6 +91,7 @@ func TestAgentEndToEnd(t *testing.T) {
 	stop := startAgent(t, s, host)
 	st := waitStatus(t, s, host, core.StateUp, p+"/a", p+"/b", p+"/c")
 	nstest.MustPing(t, p+"a", "10.78.1.2")
+	nstest.MustPing(t, p+"c", "10.78.2.254") // c itself works: what follows is isolation
 	nstest.MustNotPing(t, p+"a", "10.78.2.1")
 
 	// Restart: the same links (same ifindex) stay, status returns to up.
