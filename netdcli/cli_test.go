@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/netplugin/netplugin/internal/etcdtest"
 	"github.com/netplugin/netplugin/state"
@@ -65,19 +64,6 @@ func (c *runner) ok(args ...string) string {
 	return out
 }
 
-func dump(t *testing.T, s *state.Store) string {
-	t.Helper()
-	r, err := s.Client().Get(context.Background(), state.Prefix, clientv3.WithPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	for _, kv := range r.Kvs {
-		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
-	}
-	return b.String()
-}
-
 func TestSeedGrammarWithNetns(t *testing.T) {
 	c, _ := newCLI(t)
 	// The seed's network has no -subnet: give the pool a subnet holding its IP.
@@ -111,7 +97,7 @@ func TestBadInputIsOneLineAndChangesNothing(t *testing.T) {
 	c.ok("-oper", "create", "-construct", "tenant", "t1")
 	c.ok("-oper", "create", "-construct", "network", "-tenant", "t1", "-subnet", "10.3.1.0/24", "-gw", "10.3.1.254", "-tag", "30", "n1")
 	c.ok("-oper", "create", "-construct", "endpoint", "-tenant", "t1", "-net-id", "n1", "-ip-address", "10.3.1.1", "-netns", "x", "e1")
-	before := dump(t, s)
+	before := etcdtest.Dump(t, s)
 	bad := [][]string{
 		{"-oper", "create", "-construct", "network", "-tenant", "t1", "-subnet", "10.3.2.0/33", "n2"},
 		{"-oper", "create", "-construct", "network", "-tenant", "t1", "-subnet", "10.3.2.0/24", "-gw", "10.3.3.1", "n2"},
@@ -140,7 +126,7 @@ func TestBadInputIsOneLineAndChangesNothing(t *testing.T) {
 		if lines := strings.Count(strings.TrimSpace(errOut), "\n"); lines != 0 || !strings.HasPrefix(errOut, "netdcli: ") {
 			t.Fatalf("netdcli %s: want one 'netdcli: ...' line on stderr, got %q", strings.Join(args, " "), errOut)
 		}
-		if after := dump(t, s); after != before {
+		if after := etcdtest.Dump(t, s); after != before {
 			t.Fatalf("netdcli %s changed the store", strings.Join(args, " "))
 		}
 	}
@@ -202,13 +188,13 @@ func TestCfgApply(t *testing.T) {
 	if out := c.ok("-cfg", doc); !strings.Contains(out, "4 created") {
 		t.Fatalf("apply: %s", out)
 	}
-	before := dump(t, s)
+	before := etcdtest.Dump(t, s)
 	cmd := exec.Command(bin, "-etcd-url", c.url, "-cfg", "-")
 	cmd.Stdin = strings.NewReader(`{"tenants":[{"name":"blue","networks":[{"name":"web","subnet":"10.6.0.0/24"}]}]}`)
 	if out, err := cmd.CombinedOutput(); err == nil {
 		t.Fatalf("changing a subnet was accepted: %s", out)
 	}
-	if dump(t, s) != before {
+	if etcdtest.Dump(t, s) != before {
 		t.Fatal("rejected document changed the store")
 	}
 	out := c.ok("-oper", "get", "-construct", "endpoint", "-tenant", "blue")

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/internal/etcdtest"
@@ -17,18 +16,6 @@ import (
 )
 
 // dump returns every key and value, to prove a rejected command changed nothing.
-func dump(t *testing.T, s *state.Store) string {
-	t.Helper()
-	r, err := s.Client().Get(context.Background(), state.Prefix, clientv3.WithPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	for _, kv := range r.Kvs {
-		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
-	}
-	return b.String()
-}
 
 func TestNetworkAndEndpointLifecycle(t *testing.T) {
 	s, _ := etcdtest.Store(t)
@@ -86,7 +73,7 @@ func TestNetworkAndEndpointLifecycle(t *testing.T) {
 	if err := s.DeleteTenant(ctx, "tenant1"); err != nil {
 		t.Fatal(err)
 	}
-	if d := dump(t, s); d != "" {
+	if d := etcdtest.Dump(t, s); d != "" {
 		t.Fatalf("store not empty after deleting everything:\n%s", d)
 	}
 }
@@ -109,7 +96,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 	must(err)
 	_, err = s.Attach(ctx, "t1", "e1", state.Attachment{ContainerName: "box"})
 	must(err)
-	before := dump(t, s)
+	before := etcdtest.Dump(t, s)
 
 	cases := []struct {
 		name string
@@ -211,7 +198,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 			if strings.Contains(err.Error(), "\n") {
 				t.Fatalf("error is not one line: %q", err)
 			}
-			if after := dump(t, s); after != before {
+			if after := etcdtest.Dump(t, s); after != before {
 				t.Fatalf("store changed:\nbefore:\n%s\nafter:\n%s", before, after)
 			}
 		})
@@ -301,11 +288,11 @@ func TestApplyDocument(t *testing.T) {
 		t.Fatalf("endpoint a = %+v, %v", a, err)
 	}
 	// Re-applying the same document changes nothing.
-	before := dump(t, s)
+	before := etcdtest.Dump(t, s)
 	if sum, err := s.Apply(ctx, d1, "h1"); err != nil || sum != (state.ApplySummary{}) {
 		t.Fatalf("re-apply: %+v %v", sum, err)
 	}
-	if dump(t, s) != before {
+	if etcdtest.Dump(t, s) != before {
 		t.Fatal("re-apply changed the store")
 	}
 	// Bad documents change nothing.
@@ -319,7 +306,7 @@ func TestApplyDocument(t *testing.T) {
 		if _, err := s.Apply(ctx, doc(bad), "h1"); err == nil {
 			t.Fatalf("accepted %s", bad)
 		}
-		if dump(t, s) != before {
+		if etcdtest.Dump(t, s) != before {
 			t.Fatalf("rejected document %s changed the store", bad)
 		}
 	}
@@ -330,7 +317,7 @@ func TestApplyDocument(t *testing.T) {
 	if _, err := s.Apply(ctx, doc(`{"tenants":[]}`), "h1"); err != nil {
 		t.Fatal(err)
 	}
-	if d := dump(t, s); d != "" {
+	if d := etcdtest.Dump(t, s); d != "" {
 		t.Fatalf("left behind:\n%s", d)
 	}
 }

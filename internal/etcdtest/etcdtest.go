@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/netplugin/netplugin/state"
 )
@@ -66,4 +68,19 @@ func Log(testing.TB) *logrus.Entry {
 	l.SetLevel(logrus.WarnLevel)
 	l.SetOutput(os.Stderr)
 	return logrus.NewEntry(l)
+}
+
+// Dump returns every key and value of the store, to prove that a rejected
+// command changed nothing.
+func Dump(t testing.TB, s *state.Store) string {
+	t.Helper()
+	r, err := s.Client().Get(context.Background(), state.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, kv := range r.Kvs {
+		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
+	}
+	return b.String()
 }
