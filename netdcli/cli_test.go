@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/netplugin/netplugin/internal/etcdtest"
 	"github.com/netplugin/netplugin/state"
 )

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/internal/etcdtest"
 	"github.com/netplugin/netplugin/state"
