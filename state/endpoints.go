@@ -50,7 +50,8 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 		}
 		cmps := []clientv3.Cmp{unchanged(networkKey(n.Tenant, n.Name), netRev), free(endpointKey(ep.Tenant, ep.Name))}
 		var ops []clientv3.Op
-		if tag != 0 && tag != n.Tag {
+		retag := tag != 0 && tag != n.Tag
+		if retag {
 			if tag < 1 || tag > core.MaxTag(n.Encap) {
 				return ep, fmt.Errorf("%w: %s tag %d out of range 1-%d", core.ErrInvalid, n.Encap, tag, core.MaxTag(n.Encap))
 			}
@@ -77,7 +78,7 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 		if r.Succeeded {
 			return cand, nil
 		}
-		if err := s.whyEndpointCreateFailed(ctx, cand, n, ep.IP != "", tag); err != nil {
+		if err := s.whyEndpointCreateFailed(ctx, cand, n, netRev, ep.IP != "", retag); err != nil {
 			return ep, err
 		}
 		// Lost a race for an auto IP or the network changed: read again and retry.
@@ -115,8 +116,10 @@ func (s *Store) candidateIP(ctx context.Context, n core.Network, host, ip string
 }
 
 // whyEndpointCreateFailed turns a failed transaction into the user's error, or
-// nil when the failure was a lost race worth retrying.
-func (s *Store) whyEndpointCreateFailed(ctx context.Context, ep core.Endpoint, n core.Network, userIP bool, tag int) error {
+// nil when the failure was a lost race worth retrying. n is the network as the
+// transaction would have written it (re-tagged when retag), netRev the revision
+// it was read at.
+func (s *Store) whyEndpointCreateFailed(ctx context.Context, ep core.Endpoint, n core.Network, netRev int64, userIP, retag bool) error {
 	if ok, err := s.has(ctx, endpointKey(ep.Tenant, ep.Name)); err != nil {
 		return err
 	} else if ok {
@@ -129,20 +132,28 @@ func (s *Store) whyEndpointCreateFailed(ctx context.Context, ep core.Endpoint, n
 			return fmt.Errorf("%w: IP %s is already used on network %s", core.ErrInUse, ep.IP, n.Key())
 		}
 	}
-	if tag != 0 && !n.TagAuto {
-		// We tried to re-tag: tell which precondition failed.
-		if ok, err := s.has(ctx, tagKey(n.Encap, tag)); err != nil {
-			return err
-		} else if ok {
-			return fmt.Errorf("%w: %s tag %d is taken by another network", core.ErrInUse, n.Encap, tag)
-		}
-		r, err := s.get(ctx, ipsOf(n.Tenant, n.Name), clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil {
-			return err
-		}
-		if r.Count > 0 {
-			return fmt.Errorf("%w: -tag %d: network %s already has endpoints with its tag", core.ErrInUse, tag, n.Key())
-		}
+	if !retag {
+		// The network's own tag is not contended: this was a lost IP race.
+		return nil
+	}
+	// The re-tag's preconditions are explained only against the network we
+	// read: if it changed (another create re-tagged it first), read again.
+	if _, rev, err := s.GetNetwork(ctx, n.Tenant, n.Name); err != nil || rev != netRev {
+		return err
+	}
+	r, err := s.get(ctx, tagKey(n.Encap, n.Tag))
+	if err != nil {
+		return err
+	}
+	if len(r.Kvs) > 0 && string(r.Kvs[0].Value) != n.Key() {
+		return fmt.Errorf("%w: %s tag %d is taken by network %s", core.ErrInUse, n.Encap, n.Tag, r.Kvs[0].Value)
+	}
+	c, err := s.get(ctx, ipsOf(n.Tenant, n.Name), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return err
+	}
+	if c.Count > 0 {
+		return fmt.Errorf("%w: -tag %d: network %s already has endpoints, so its tag cannot change", core.ErrInUse, n.Tag, n.Key())
 	}
 	return nil
 }
