@@ -370,6 +370,9 @@ func (m *command) attach(ctx context.Context) error {
 		return err
 	}
 	a := state.Attachment{ContainerName: m.c.String("container-id"), NetNS: m.c.String("netns")}
+	if ip := m.c.String("ip-address"); ip != "auto" {
+		a.IP = ip // the address in the new host's block, for a move on a routed network
+	}
 	if m.c.IsSet("host") {
 		a.Host = m.c.String("host")
 	}

@@ -278,32 +278,78 @@ type Attachment struct {
 	ContainerID   string // resolved full ID, when known
 	NetNS         string
 	Host          string // empty: keep the endpoint's host
+	// IP is the endpoint's address on a routed network it moves to another host
+	// on; empty: the lowest free one of the new host's block.
+	IP string
 }
 
 // Attach records that an endpoint should be plugged into a container or namespace.
 // Attaching again to the same target is a no-op; to another target is an error.
+// On a routed network an endpoint moved to another host takes an address of
+// that host's block (a.IP, or the lowest free one) in the same transaction that
+// frees its old address.
 func (s *Store) Attach(ctx context.Context, tenant, name string, a Attachment) (core.Endpoint, error) {
-	ep, rev, err := s.GetEndpoint(ctx, tenant, name)
-	if err != nil {
-		return ep, err
-	}
 	if a.ContainerID == "" {
 		a.ContainerID = a.ContainerName
 	}
-	if a.ContainerID == "" && a.NetNS == "" {
-		return ep, fmt.Errorf("%w: attach needs -container-id or -netns", core.ErrInvalid)
-	}
-	if ep.Attached() {
-		if ep.ContainerID == a.ContainerID && ep.NetNS == a.NetNS && (a.Host == "" || a.Host == ep.Host) {
-			return ep, nil
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		ep, rev, err := s.GetEndpoint(ctx, tenant, name)
+		if err != nil {
+			return ep, err
 		}
-		return ep, fmt.Errorf("%w: endpoint %s is attached to %s; detach it first", core.ErrInUse, ep.Key(), target(ep))
+		if a.ContainerID == "" && a.NetNS == "" {
+			return ep, fmt.Errorf("%w: attach needs -container-id or -netns", core.ErrInvalid)
+		}
+		moving := a.Host != "" && a.Host != ep.Host
+		if ep.Attached() {
+			if ep.ContainerID == a.ContainerID && ep.NetNS == a.NetNS && !moving && (a.IP == "" || a.IP == ep.IP) {
+				return ep, nil
+			}
+			return ep, fmt.Errorf("%w: endpoint %s is attached to %s; detach it first", core.ErrInUse, ep.Key(), target(ep))
+		}
+		upd := ep
+		upd.ContainerName, upd.ContainerID, upd.NetNS = a.ContainerName, a.ContainerID, a.NetNS
+		if a.Host != "" {
+			upd.Host = a.Host
+		}
+		cmps := []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)}
+		var ops []clientv3.Op
+		routed := false
+		if moving {
+			n, _, err := s.GetNetwork(ctx, ep.Tenant, ep.Network)
+			if err != nil {
+				return ep, err
+			}
+			if _, routed = n.HostBlockLen(); routed {
+				if upd.IP, err = s.candidateIP(ctx, n, upd.Host, a.IP, 0, 0, attempt > 0); err != nil {
+					return ep, err
+				}
+				cmps = append(cmps, free(ipKey(n.Tenant, n.Name, upd.IP)))
+				ops = append(ops, clientv3.OpDelete(ipKey(ep.Tenant, ep.Network, ep.IP)),
+					clientv3.OpPut(ipKey(n.Tenant, n.Name, upd.IP), ep.Name))
+			}
+		}
+		if !routed && a.IP != "" && a.IP != ep.IP {
+			return ep, fmt.Errorf("%w: endpoint %s has IP %s; an IP changes only with a move to another host on a routed network", core.ErrInvalid, ep.Key(), ep.IP)
+		}
+		ops = append(ops, clientv3.OpPut(endpointKey(ep.Tenant, ep.Name), mustJSON(upd)))
+		r, err := s.txn(ctx, cmps, ops...)
+		if err != nil {
+			return ep, err
+		}
+		if r.Succeeded {
+			return upd, nil
+		}
+		if routed && a.IP != "" {
+			if ok, err := s.has(ctx, ipKey(ep.Tenant, ep.Network, upd.IP)); err != nil {
+				return ep, err
+			} else if ok {
+				return ep, fmt.Errorf("%w: IP %s is already used on network %s", core.ErrInUse, upd.IP, ep.NetworkKey())
+			}
+		}
+		// The endpoint changed, or another endpoint took the address: read again.
 	}
-	ep.ContainerName, ep.ContainerID, ep.NetNS = a.ContainerName, a.ContainerID, a.NetNS
-	if a.Host != "" {
-		ep.Host = a.Host
-	}
-	return ep, s.putEndpoint(ctx, ep, rev)
+	return core.Endpoint{}, fmt.Errorf("attach endpoint %s/%s: too much contention, try again", tenant, name)
 }
 
 // Detach unplugs an endpoint and keeps its IP. containerOrNS, when given, must

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/internal/etcdtest"
 	"github.com/netplugin/netplugin/state"
@@ -104,5 +106,90 @@ func TestRetagRefusals(t *testing.T) {
 		if etcdtest.Dump(t, s) != before {
 			t.Fatalf("-tag %d changed the store", c.tag)
 		}
+	}
+}
+
+// allocIPs returns the allocation keys of a network and their owners.
+func allocIPs(t *testing.T, s *state.Store, tenant, network string) map[string]string {
+	t.Helper()
+	r, err := s.Client().Get(context.Background(), state.Prefix+"alloc/ip/"+tenant+"/"+network+"/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, kv := range r.Kvs {
+		k := string(kv.Key)
+		out[k[strings.LastIndexByte(k, '/')+1:]] = string(kv.Value)
+	}
+	return out
+}
+
+func revision(t *testing.T, s *state.Store) int64 {
+	t.Helper()
+	r, err := s.Client().Get(context.Background(), state.Prefix+"nothing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Header.Revision
+}
+
+// TestAttachMovesHostOnRoutedNetwork: on an ipvlan l3 network every host owns a
+// block of the subnet, so an endpoint attached on another host takes an address
+// of that host's block, in the transaction that frees its old one.
+func TestAttachMovesHostOnRoutedNetwork(t *testing.T) {
+	s, _ := etcdtest.Store(t)
+	ctx := context.Background()
+	_, err := s.CreateNetwork(ctx, core.Network{Name: "r", Driver: "ipvlan", Subnet: "10.8.0.0/24", Options: map[string]string{"mode": "l3", "parent": "eth9"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := s.CreateEndpoint(ctx, core.Endpoint{Network: "r", Name: "mover", Host: "h1"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep.IP != "10.8.0.1" {
+		t.Fatalf("first endpoint of h1 got %s, want 10.8.0.1 in h1's block 10.8.0.0/28", ep.IP)
+	}
+	// h2 gets its block with its first endpoint.
+	if _, err := s.CreateEndpoint(ctx, core.Endpoint{Network: "r", Name: "stay", Host: "h2"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	before := etcdtest.Dump(t, s)
+	// An explicit address outside h2's block is refused and changes nothing.
+	_, err = s.Attach(ctx, "default", "mover", state.Attachment{NetNS: "ns1", Host: "h2", IP: "10.8.0.5"})
+	if !errors.Is(err, core.ErrInvalid) || !strings.Contains(err.Error(), "outside 10.8.0.16/28, the block of host h2") {
+		t.Fatalf("IP outside the new block: got %v", err)
+	}
+	if etcdtest.Dump(t, s) != before {
+		t.Fatal("refused attach changed the store")
+	}
+	rev := revision(t, s)
+	moved, err := s.Attach(ctx, "default", "mover", state.Attachment{NetNS: "ns1", Host: "h2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved.Host != "h2" || moved.IP != "10.8.0.18" {
+		t.Fatalf("moved endpoint %+v: want host h2 and 10.8.0.18, the next free address of h2's block", moved)
+	}
+	if got := revision(t, s); got != rev+1 {
+		t.Fatalf("the move took %d transactions, want 1", got-rev)
+	}
+	stored, _, _ := s.GetEndpoint(ctx, "default", "mover")
+	if stored.IP != moved.IP || stored.Host != "h2" {
+		t.Fatalf("stored %+v", stored)
+	}
+	if got := allocIPs(t, s, "default", "r"); len(got) != 2 || got["10.8.0.18"] != "mover" || got["10.8.0.17"] != "stay" {
+		t.Fatalf("allocations after the move: %v (the old address must be free)", got)
+	}
+	// An explicit address inside the new block is taken as given.
+	if _, err := s.Detach(ctx, "default", "mover", ""); err != nil {
+		t.Fatal(err)
+	}
+	back, err := s.Attach(ctx, "default", "mover", state.Attachment{NetNS: "ns1", Host: "h1", IP: "10.8.0.9"})
+	if err != nil || back.IP != "10.8.0.9" || back.Host != "h1" {
+		t.Fatalf("move back with an explicit IP: %+v, %v", back, err)
+	}
+	if got := allocIPs(t, s, "default", "r"); len(got) != 2 || got["10.8.0.9"] != "mover" {
+		t.Fatalf("allocations after moving back: %v", got)
 	}
 }
