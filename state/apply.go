@@ -493,20 +493,3 @@ func (s *Store) createEndpoints(ctx context.Context, eps []core.Endpoint) (int, 
 	}
 	return created, nil
 }
-
-func (s *Store) usedIPs(ctx context.Context, n core.Network) (map[uint32]bool, error) {
-	r, err := s.get(ctx, ipsOf(n.Tenant, n.Name), clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	if err != nil {
-		return nil, err
-	}
-	used := map[uint32]bool{}
-	for _, kv := range r.Kvs {
-		if ip := net.ParseIP(lastSegment(string(kv.Key))); ip != nil {
-			used[core.IPToUint(ip)] = true
-		}
-	}
-	if n.Gateway != "" {
-		used[core.IPToUint(net.ParseIP(n.Gateway))] = true
-	}
-	return used, nil
-}

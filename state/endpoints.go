@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -24,6 +25,18 @@ func NewMAC() string {
 	return net.HardwareAddr(b).String()
 }
 
+// checkMAC returns mac in canonical form, or a new one when mac is empty.
+func checkMAC(mac string) (string, error) {
+	if mac == "" {
+		return NewMAC(), nil
+	}
+	hw, err := net.ParseMAC(mac)
+	if err != nil || len(hw) != 6 || hw[0]&1 == 1 {
+		return "", fmt.Errorf("%w: MAC %q: want a unicast Ethernet address", core.ErrInvalid, mac)
+	}
+	return hw.String(), nil
+}
+
 // CreateEndpoint reserves an endpoint and its IP (ep.IP, or the lowest free one).
 // tag, when not 0, is the seed grammar's `-tag` on endpoint create: it must match
 // the network's tag, or re-tag a network whose tag was auto-assigned and that has
@@ -38,10 +51,9 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 	if ep.Network == "" {
 		return ep, fmt.Errorf("%w: endpoint %q needs -net-id", core.ErrInvalid, ep.Name)
 	}
-	if ep.MAC == "" {
-		ep.MAC = NewMAC()
-	} else if hw, err := net.ParseMAC(ep.MAC); err != nil || len(hw) != 6 || hw[0]&1 == 1 {
-		return ep, fmt.Errorf("%w: MAC %q: want a unicast Ethernet address", core.ErrInvalid, ep.MAC)
+	var err error
+	if ep.MAC, err = checkMAC(ep.MAC); err != nil {
+		return ep, err
 	}
 	for attempt := 0; attempt < maxRetries; attempt++ {
 		n, netRev, err := s.GetNetwork(ctx, ep.Tenant, ep.Network)
@@ -65,9 +77,11 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 				clientv3.OpPut(networkKey(n.Tenant, n.Name), mustJSON(n)))
 		}
 		cand := ep
-		if cand.IP, err = s.candidateIP(ctx, n, ep.Host, ep.IP, 0, 0, attempt > 0); err != nil {
+		var newBlock string
+		if cand.IP, newBlock, err = s.candidate(ctx, n, ep.Host, ep.IP, 0, 0, attempt > 0); err != nil {
 			return ep, err
 		}
+		cmps, ops = withBlock(n, newBlock, ep.Host, cmps, ops)
 		cmps = append(cmps, free(ipKey(n.Tenant, n.Name, cand.IP)))
 		ops = append(ops, clientv3.OpPut(endpointKey(cand.Tenant, cand.Name), mustJSON(cand)),
 			clientv3.OpPut(ipKey(n.Tenant, n.Name, cand.IP), cand.Name))
@@ -86,14 +100,15 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 	return ep, fmt.Errorf("create endpoint %s: too much contention, try again", ep.Key())
 }
 
-// candidateIP returns the address to try for an endpoint of n on host: ip,
+// candidate returns the address to try for an endpoint of n on host: ip,
 // validated and in canonical form, or a free one in [lo, hi] (0, 0: the whole
-// subnet) — on a routed network always within the host's block.
-func (s *Store) candidateIP(ctx context.Context, n core.Network, host, ip string, lo, hi uint32, random bool) (string, error) {
+// subnet) — on a routed network always within the host's block. newBlock is
+// the key of the block to write with it when the host has none yet (blockOf).
+func (s *Store) candidate(ctx context.Context, n core.Network, host, ip string, lo, hi uint32, random bool) (addr, newBlock string, err error) {
 	if _, routed := n.HostBlockLen(); routed {
-		block, err := s.hostBlock(ctx, n, host)
-		if err != nil {
-			return "", err
+		var block *net.IPNet
+		if block, newBlock, err = s.blockOf(ctx, n, host); err != nil {
+			return "", "", err
 		}
 		first, last := core.SubnetBounds(block)
 		first, last = first+1, last-1 // keep the block's own base and top free, as a subnet's are
@@ -102,17 +117,48 @@ func (s *Store) candidateIP(ctx context.Context, n core.Network, host, ip string
 		} else {
 			lo, hi = max(lo, first), min(hi, last)
 		}
-		if ip != "" && !block.Contains(net.ParseIP(ip)) {
-			return "", fmt.Errorf("%w: IP %s is outside %s, the block of host %s on routed network %s", core.ErrInvalid, ip, block, host, n.Key())
+		if a := net.ParseIP(strings.TrimSpace(ip)); ip != "" && !block.Contains(a) {
+			return "", "", fmt.Errorf("%w: IP %s is outside %s, the block of host %s on routed network %s", core.ErrInvalid, ip, block, host, n.Key())
 		}
 	}
 	if ip == "" {
-		return s.pickIPIn(ctx, n, lo, hi, random)
+		addr, err = s.pickIPIn(ctx, n, lo, hi, random)
+		return addr, newBlock, err
 	}
 	if err := core.ValidateEndpointIP(n, ip); err != nil {
-		return "", err
+		return "", "", err
 	}
-	return net.ParseIP(ip).To4().String(), nil
+	a, _ := core.ParseIPv4(ip)
+	return a.String(), newBlock, nil
+}
+
+// withBlock adds the write of a new host block (see blockOf) to a transaction.
+func withBlock(n core.Network, newBlock, host string, cmps []clientv3.Cmp, ops []clientv3.Op) ([]clientv3.Cmp, []clientv3.Op) {
+	if newBlock == "" {
+		return cmps, ops
+	}
+	return append(cmps, free(newBlock), exists(networkKey(n.Tenant, n.Name))), append(ops, clientv3.OpPut(newBlock, host))
+}
+
+// candidateIP is candidate for a caller that writes the block on its own: a
+// new block is allocated before the address is returned.
+func (s *Store) candidateIP(ctx context.Context, n core.Network, host, ip string, lo, hi uint32, random bool) (string, error) {
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		addr, newBlock, err := s.candidate(ctx, n, host, ip, lo, hi, random)
+		if err != nil || newBlock == "" {
+			return addr, err
+		}
+		cmps, ops := withBlock(n, newBlock, host, nil, nil)
+		r, err := s.txn(ctx, cmps, ops...)
+		if err != nil {
+			return "", err
+		}
+		if r.Succeeded {
+			return addr, nil
+		}
+		// Another host took that block: look again.
+	}
+	return "", fmt.Errorf("allocate a block of %s for %s: too much contention, try again", n.Key(), host)
 }
 
 // whyEndpointCreateFailed turns a failed transaction into the user's error, or
@@ -193,6 +239,24 @@ func (s *Store) pickIP(ctx context.Context, n core.Network, random bool) (string
 		}
 	}
 	return "", fmt.Errorf("%w: network %s has no free IP left in %s", core.ErrInUse, n.Key(), n.Subnet)
+}
+
+// usedIPs returns the addresses of n that are taken, its gateway included.
+func (s *Store) usedIPs(ctx context.Context, n core.Network) (map[uint32]bool, error) {
+	r, err := s.get(ctx, ipsOf(n.Tenant, n.Name), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, err
+	}
+	used := map[uint32]bool{}
+	for _, kv := range r.Kvs {
+		if ip := net.ParseIP(lastSegment(string(kv.Key))).To4(); ip != nil {
+			used[core.IPToUint(ip)] = true
+		}
+	}
+	if gw := net.ParseIP(n.Gateway).To4(); gw != nil {
+		used[core.IPToUint(gw)] = true
+	}
+	return used, nil
 }
 
 // GetEndpoint returns an endpoint and its revision.
@@ -321,9 +385,11 @@ func (s *Store) Attach(ctx context.Context, tenant, name string, a Attachment) (
 				return ep, err
 			}
 			if _, routed = n.HostBlockLen(); routed {
-				if upd.IP, err = s.candidateIP(ctx, n, upd.Host, a.IP, 0, 0, attempt > 0); err != nil {
+				var newBlock string
+				if upd.IP, newBlock, err = s.candidate(ctx, n, upd.Host, a.IP, 0, 0, attempt > 0); err != nil {
 					return ep, err
 				}
+				cmps, ops = withBlock(n, newBlock, upd.Host, cmps, ops)
 				cmps = append(cmps, free(ipKey(n.Tenant, n.Name, upd.IP)))
 				ops = append(ops, clientv3.OpDelete(ipKey(ep.Tenant, ep.Network, ep.IP)),
 					clientv3.OpPut(ipKey(n.Tenant, n.Name, upd.IP), ep.Name))

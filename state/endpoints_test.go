@@ -193,3 +193,38 @@ func TestAttachMovesHostOnRoutedNetwork(t *testing.T) {
 		t.Fatalf("allocations after moving back: %v", got)
 	}
 }
+
+// TestRoutedRefusalsAllocateNoBlock: an address outside the block a new host
+// would get is refused before the block is written: the store is unchanged.
+func TestRoutedRefusalsAllocateNoBlock(t *testing.T) {
+	s, _ := etcdtest.Store(t)
+	ctx := context.Background()
+	_, err := s.CreateNetwork(ctx, core.Network{Name: "r", Driver: "ipvlan", Subnet: "10.8.0.0/24", Options: map[string]string{"mode": "l3", "parent": "eth9"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateEndpoint(ctx, core.Endpoint{Network: "r", Name: "e1", Host: "h1"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	before := etcdtest.Dump(t, s)
+	_, err = s.CreateEndpoint(ctx, core.Endpoint{Network: "r", Name: "e2", Host: "h3", IP: "10.8.0.3"}, 0)
+	if !errors.Is(err, core.ErrInvalid) || !strings.Contains(err.Error(), "outside 10.8.0.16/28, the block of host h3") {
+		t.Fatalf("create: %v", err)
+	}
+	_, err = s.Attach(ctx, "default", "e1", state.Attachment{NetNS: "x", Host: "h3", IP: "10.8.0.3"})
+	if !errors.Is(err, core.ErrInvalid) {
+		t.Fatalf("attach: %v", err)
+	}
+	if etcdtest.Dump(t, s) != before {
+		t.Fatalf("refusals changed the store:\n%s", etcdtest.Dump(t, s))
+	}
+	// The first endpoint of a host writes its block in its own transaction.
+	rev := revision(t, s)
+	e3, err := s.CreateEndpoint(ctx, core.Endpoint{Network: "r", Name: "e3", Host: "h3"}, 0)
+	if err != nil || e3.IP != "10.8.0.17" {
+		t.Fatalf("e3 = %+v, %v", e3, err)
+	}
+	if got := revision(t, s) - rev; got != 1 {
+		t.Fatalf("first endpoint of h3 took %d transactions, want 1", got)
+	}
+}
