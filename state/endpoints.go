@@ -8,6 +8,8 @@ import (
 	"math/big"
 	"net"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -23,6 +25,29 @@ func NewMAC() string {
 	}
 	b[0] = (b[0] | 0x02) &^ 0x01
 	return net.HardwareAddr(b).String()
+}
+
+// checkText refuses what would not survive a JSON round trip or a one-line
+// error unchanged: invalid UTF-8, control characters, absurd lengths.
+func checkText(what, v string) error {
+	if !utf8.ValidString(v) || len(v) > 4096 || strings.IndexFunc(v, unicode.IsControl) >= 0 {
+		return fmt.Errorf("%w: %s %q: want printable UTF-8 of at most 4096 bytes", core.ErrInvalid, what, v)
+	}
+	return nil
+}
+
+// checkAttachment validates where an endpoint is to be plugged in, and on
+// which host (a host label is a name, as tenants are).
+func checkAttachment(host, container, netns string) error {
+	if host != "" {
+		if err := core.ValidName("host", host); err != nil {
+			return err
+		}
+	}
+	if err := checkText("container", container); err != nil {
+		return err
+	}
+	return checkText("netns", netns)
 }
 
 // checkMAC returns mac in canonical form, or a new one when mac is empty.
@@ -50,6 +75,9 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 	}
 	if ep.Network == "" {
 		return ep, fmt.Errorf("%w: endpoint %q needs -net-id", core.ErrInvalid, ep.Name)
+	}
+	if err := checkAttachment(ep.Host, ep.ContainerName+ep.ContainerID, ep.NetNS); err != nil {
+		return ep, err
 	}
 	var err error
 	if ep.MAC, err = checkMAC(ep.MAC); err != nil {
@@ -355,6 +383,9 @@ type Attachment struct {
 func (s *Store) Attach(ctx context.Context, tenant, name string, a Attachment) (core.Endpoint, error) {
 	if a.ContainerID == "" {
 		a.ContainerID = a.ContainerName
+	}
+	if err := checkAttachment(a.Host, a.ContainerName+a.ContainerID, a.NetNS); err != nil {
+		return core.Endpoint{}, err
 	}
 	for attempt := 0; attempt < maxRetries; attempt++ {
 		ep, rev, err := s.GetEndpoint(ctx, tenant, name)

@@ -124,7 +124,7 @@ func allocIPs(t *testing.T, s *state.Store, tenant, network string) map[string]s
 	return out
 }
 
-func revision(t *testing.T, s *state.Store) int64 {
+func revision(t testing.TB, s *state.Store) int64 {
 	t.Helper()
 	r, err := s.Client().Get(context.Background(), state.Prefix+"nothing")
 	if err != nil {

@@ -111,6 +111,17 @@ func withDefaults(n core.Network, g core.Global) (core.Network, error) {
 	if n.Driver == "" {
 		n.Driver = g.DefaultDriver
 	}
+	if err := core.ValidName("driver", n.Driver); err != nil {
+		return n, err
+	}
+	for k, v := range n.Options {
+		if err := checkText("option "+k, v); err != nil {
+			return n, err
+		}
+		if err := checkText("option name", k); err != nil || k == "" {
+			return n, fmt.Errorf("%w: option name %q", core.ErrInvalid, k)
+		}
+	}
 	if n.Encap == "" {
 		n.Encap = core.EncapVLAN
 	}
@@ -157,23 +168,29 @@ func (s *Store) allNetworks(ctx context.Context) ([]core.Network, int64, error) 
 }
 
 // pickSubnet returns the first subnet of the pool that overlaps no network of any
-// tenant, so auto subnets never collide even where tenants could.
+// tenant, so auto subnets never collide even where tenants could. A candidate
+// that overlaps a larger network jumps past it: a pool of /30s under one big
+// network is crossed in one step, not millions.
 func pickSubnet(g core.Global, all []core.Network) (string, error) {
 	pool := mustCIDR(g.SubnetPool)
 	lo, hi := core.SubnetBounds(pool)
-	step := uint32(1) << uint(32-g.SubnetLen)
-	for base := lo; base <= hi && base >= lo; base += step {
-		cand := &net.IPNet{IP: core.IPFromUint(base), Mask: net.CIDRMask(g.SubnetLen, 32)}
+	step := uint64(1) << uint(32-g.SubnetLen)
+	for base := uint64(lo); base <= uint64(hi); {
+		cand := &net.IPNet{IP: core.IPFromUint(uint32(base)), Mask: net.CIDRMask(g.SubnetLen, 32)}
+		next := base + step
 		clash := false
 		for _, o := range all {
-			if core.Overlaps(cand, mustCIDR(o.Subnet)) {
+			on := mustCIDR(o.Subnet)
+			if core.Overlaps(cand, on) {
 				clash = true
-				break
+				_, end := core.SubnetBounds(on)
+				next = max(next, uint64(end)+1) // aligned: o is at least as large as a step
 			}
 		}
 		if !clash {
 			return cand.String(), nil
 		}
+		base = next
 	}
 	return "", fmt.Errorf("%w: subnet pool %s has no free /%d left", core.ErrInUse, g.SubnetPool, g.SubnetLen)
 }
