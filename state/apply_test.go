@@ -145,7 +145,7 @@ func TestApplyTwiceChangesNothing(t *testing.T) {
 	d := parse(t, `{"global":{"vlans":"1-2000"},"tenants":[{"name":"blue","networks":[
 	  {"name":"web","subnet":"10.5.0.0/24","gateway":"10.5.0.1","tag":50,"endpoints":[
 	    {"name":"a","container":"web1"},{"name":"b","ip":"10.5.0.9","mac":"02:AA:BB:CC:DD:EE","netns":"nsb"},{"name":"c"}]},
-	  {"name":"auto","options":{"mode":"bridge"},"endpoints":[{"name":"d","host":"h2"}]}]}]}`)
+	  {"name":"auto","driver":"macvlan","options":{"parent":"eth1","mode":"bridge"},"endpoints":[{"name":"d","host":"h2"}]}]}]}`)
 	sum, err := s.Apply(ctx, d, "h1")
 	mustDo(t, err)
 	if sum != (state.ApplySummary{Created: 7, Updated: 1}) {

@@ -47,7 +47,12 @@ func checkAttachment(host, container, netns string) error {
 	if err := checkText("container", container); err != nil {
 		return err
 	}
-	return checkText("netns", netns)
+	if netns != "" {
+		if _, err := core.NetNSPath(netns); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkMAC returns mac in canonical form, or a new one when mac is empty.
