@@ -218,6 +218,17 @@ func TestApplyCutMidwayIsCompletedByTheNext(t *testing.T) {
 				}
 			} else if !journaled {
 				t.Fatalf("cut at %q left no journal", tc.at)
+			} else {
+				// A dry run tells of the unfinished apply and plans against
+				// the store as completing it leaves it: nothing more to do.
+				p, err := next.PlanApply(ctx, big, opts)
+				mustDo(t, err)
+				if !strings.Contains(p.Pending, "is not finished") || p.Created+p.Updated+p.Deleted != 0 {
+					t.Fatalf("dry run with a journal pending: %q, %+v", p.Pending, p.ApplySummary)
+				}
+				if etcdtest.Dump(t, next) != after {
+					t.Fatal("dry run changed the store")
+				}
 			}
 
 			start := time.Now()
