@@ -228,3 +228,31 @@ func TestRoutedRefusalsAllocateNoBlock(t *testing.T) {
 		t.Fatalf("first endpoint of h3 took %d transactions, want 1", got)
 	}
 }
+
+// TestRoutedBlockNeverLargerThanSubnet: the default block of a routed network
+// is 4 bits longer than its subnet, at most /28 — but never larger than a
+// subnet smaller than that (the fuzzer found a /30 given /28 blocks, whose
+// addresses and routes reached past the subnet).
+func TestRoutedBlockNeverLargerThanSubnet(t *testing.T) {
+	for subnet, want := range map[string]int{"10.8.0.0/16": 20, "10.8.0.0/24": 28, "10.8.0.0/26": 28, "10.8.0.0/29": 29, "10.8.0.0/30": 30} {
+		n := core.Network{Driver: "ipvlan", Subnet: subnet, Options: map[string]string{"mode": "l3"}}
+		if got, routed := n.HostBlockLen(); !routed || got != want {
+			t.Errorf("%s: blocks /%d, want /%d", subnet, got, want)
+		}
+	}
+	s, _ := etcdtest.Store(t)
+	ctx := context.Background()
+	_, err := s.Apply(ctx, parse(t, `{"tenants":[{"name":"default","networks":[{"name":"tiny","driver":"ipvlan","subnet":"10.8.0.0/30",
+	  "options":{"mode":"l3"},"endpoints":[{"name":"a","host":"h1"},{"name":"b","host":"h1"}]}]}]}`), "h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := allocIPs(t, s, "default", "tiny")
+	if len(got) != 2 || got["10.8.0.1"] != "a" || got["10.8.0.2"] != "b" {
+		t.Fatalf("addresses %v, want .1 and .2 of the /30", got)
+	}
+	_, err = s.Apply(ctx, parse(t, `{"tenants":[{"name":"default","networks":[{"name":"tiny","endpoints":[{"name":"a","host":"h1"},{"name":"b","host":"h1"},{"name":"c","host":"h1"}]}]}]}`), "h1")
+	if !errors.Is(err, core.ErrInUse) {
+		t.Fatalf("a third endpoint in a /30: %v", err)
+	}
+}

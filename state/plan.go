@@ -797,7 +797,7 @@ func (p *planner) autoIP(n core.Network, host string) (string, error) {
 			return "", err
 		}
 		first, last := core.SubnetBounds(block)
-		lo, hi, where = first+1, last-1, block.String()+" (block of host "+host+")"
+		lo, hi, where = max(lo, first+1), min(hi, last-1), block.String()+" (block of host "+host+")"
 	}
 	used := p.used(n.Key())
 	cur := n.Key() + "|" + strconv.FormatUint(uint64(lo), 10)
