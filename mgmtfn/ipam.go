@@ -17,13 +17,17 @@ import (
 // Docker's marker for the gateway's address request.
 const gatewayRequest = "com.docker.network.gateway"
 
+// addressSpace is the address space this IPAM serves; CreateNetwork sees it in
+// IPv4Data and so tells a network whose addresses come from another IPAM.
+const addressSpace = "netplugin"
+
 func (p *Plugin) ipamRoutes(m *http.ServeMux) {
 	m.HandleFunc("/IpamDriver.GetCapabilities", handle(p, "IpamCapabilities", func(context.Context, *empty) (*ipam.CapabilitiesResponse, error) {
 		// No MAC wanted: Docker would force a random one on the interface.
 		return &ipam.CapabilitiesResponse{RequiresMACAddress: false}, nil
 	}))
 	m.HandleFunc("/IpamDriver.GetDefaultAddressSpaces", handle(p, "AddressSpaces", func(context.Context, *empty) (*ipam.AddressSpacesResponse, error) {
-		return &ipam.AddressSpacesResponse{LocalDefaultAddressSpace: "netplugin", GlobalDefaultAddressSpace: "netplugin"}, nil
+		return &ipam.AddressSpacesResponse{LocalDefaultAddressSpace: addressSpace, GlobalDefaultAddressSpace: addressSpace}, nil
 	}))
 	m.HandleFunc("/IpamDriver.RequestPool", handle(p, "RequestPool", p.requestPool))
 	m.HandleFunc("/IpamDriver.ReleasePool", handle(p, "ReleasePool", func(context.Context, *ipam.ReleasePoolRequest) (*empty, error) {
@@ -140,17 +144,16 @@ func (p *Plugin) releaseAddress(ctx context.Context, req *ipam.ReleaseAddressReq
 	if req.Address == n.Gateway {
 		return nil, nil
 	}
-	owner, err := p.cfg.Store.IPOwner(ctx, n.Tenant, n.Name, req.Address)
+	owner, err := p.cfg.Store.ReleaseDockerIP(ctx, n.Tenant, n.Name, req.Address, p.cfg.Host)
 	if err != nil || owner == "" {
 		return nil, err
 	}
-	if !state.IsPending(owner, p.cfg.Host) {
-		// Docker releases the address of an endpoint it deleted without telling
-		// the driver (forced cleanup): remove that endpoint and its link too.
-		if ep, _, err := p.cfg.Store.GetEndpoint(ctx, n.Tenant, owner); err == nil && ep.DockerEndpoint != "" && ep.Host == p.cfg.Host {
-			return nil, p.removeEndpoint(ctx, n, ep.Name)
-		}
-		return nil, nil
+	// Still an endpoint's: Docker deleted it without telling the driver (forced
+	// cleanup after a restart). Garbage collection removes it once Docker's view
+	// confirms that; removing it here would trust a release that might be late,
+	// and the address may belong to a newer endpoint by now.
+	if ep, _, err := p.cfg.Store.GetEndpoint(ctx, n.Tenant, owner); err == nil && ep.DockerEndpoint != "" && ep.Host == p.cfg.Host && ep.IP == req.Address {
+		p.markReleased(ep.Key())
 	}
-	return nil, p.cfg.Store.ReleaseIP(ctx, n.Tenant, n.Name, req.Address, p.cfg.Host)
+	return nil, nil
 }

@@ -138,7 +138,8 @@ func (p *Plugin) createNetwork(ctx context.Context, req *network.CreateNetworkRe
 	if _, handsOff := drv.(core.HandOff); !ok || !handsOff {
 		return nil, fmt.Errorf("%w: driver %q cannot serve Docker networks on host %s (have: %s)", core.ErrInvalid, want.Driver, p.cfg.Host, p.handOffDrivers())
 	}
-	dn := state.DockerNetwork{Host: p.cfg.Host, ID: req.NetworkID, Created: time.Now().UTC()}
+	dn := state.DockerNetwork{Host: p.cfg.Host, ID: req.NetworkID, Created: time.Now().UTC(),
+		ForeignIPAM: req.IPv4Data[0].AddressSpace != addressSpace}
 	for _, a := range req.IPv4Data[0].AuxAddresses {
 		dn.Aux = append(dn.Aux, plainIP(fmt.Sprint(a)))
 	}
@@ -171,12 +172,18 @@ func (p *Plugin) deleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 func endpointName(eid string) string { return eid[:min(12, len(eid))] }
 
 func (p *Plugin) logical(ctx context.Context, dockerNet string) (core.Network, error) {
+	_, n, err := p.mapping(ctx, dockerNet)
+	return n, err
+}
+
+// mapping returns a Docker network's record and the network it stands for.
+func (p *Plugin) mapping(ctx context.Context, dockerNet string) (state.DockerNetwork, core.Network, error) {
 	dn, err := p.cfg.Store.DockerNetwork(ctx, p.cfg.Host, dockerNet)
 	if err != nil {
-		return core.Network{}, err
+		return dn, core.Network{}, err
 	}
 	n, _, err := p.cfg.Store.GetNetwork(ctx, dn.Tenant, dn.Network)
-	return n, err
+	return dn, n, err
 }
 
 func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
@@ -296,31 +303,59 @@ func (p *Plugin) join(ctx context.Context, req *network.JoinRequest) (*network.J
 }
 
 func (p *Plugin) deleteEndpoint(ctx context.Context, req *network.DeleteEndpointRequest) (*empty, error) {
-	n, err := p.logical(ctx, req.NetworkID)
+	dn, n, err := p.mapping(ctx, req.NetworkID)
 	if errors.Is(err, core.ErrNotFound) {
 		return nil, nil // Docker retries deletes; gone is gone
 	}
 	if err != nil {
 		return nil, err
 	}
-	return nil, p.removeEndpoint(ctx, n, endpointName(req.EndpointID))
+	return nil, p.removeEndpoint(ctx, dn, n, endpointName(req.EndpointID))
 }
 
-// removeEndpoint deletes a Docker endpoint's record (releasing its IP) and its link.
-func (p *Plugin) removeEndpoint(ctx context.Context, n core.Network, name string) error {
+// removeEndpoint deletes a Docker endpoint's record and its link. The address
+// stays held for Docker's ReleaseAddress, which follows DeleteEndpoint: freed
+// now, it would go to the next container, and the late release would then take
+// it from that one.
+func (p *Plugin) removeEndpoint(ctx context.Context, dn state.DockerNetwork, n core.Network, name string) error {
+	key := n.Tenant + "/" + name
+	hold := !dn.ForeignIPAM && !p.releasedAlready(key)
 	return p.cfg.Agent.Exclusive(ctx, func(ctx context.Context) (int64, error) {
-		rev, err := p.cfg.Store.DeleteEndpointRev(ctx, n.Tenant, name)
+		rev, err := p.cfg.Store.DeleteDockerEndpoint(ctx, n.Tenant, name, p.cfg.Host, hold)
 		if errors.Is(err, core.ErrNotFound) {
 			err = nil
 		}
 		if err != nil {
 			return 0, err
 		}
+		p.forgetReleased(key)
 		if drv, ok := p.cfg.Drivers[n.Driver]; ok {
-			if err := drv.RemoveEndpoint(ctx, core.ObservedEndpoint{Key: n.Tenant + "/" + name}); err != nil {
+			if err := drv.RemoveEndpoint(ctx, core.ObservedEndpoint{Key: key}); err != nil {
 				return rev, err
 			}
 		}
 		return rev, nil
 	})
+}
+
+// markReleased notes that Docker released the address of an endpoint it never
+// deleted through the driver (forced cleanup): when the endpoint goes, its
+// address is freed rather than held for a release that already came.
+func (p *Plugin) markReleased(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.released[key] = time.Now()
+}
+
+func (p *Plugin) releasedAlready(key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.released[key]
+	return ok
+}
+
+func (p *Plugin) forgetReleased(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.released, key)
 }

@@ -60,8 +60,9 @@ type Plugin struct {
 	// and needs its Docker name).
 	kick chan struct{}
 
-	mu      sync.Mutex
-	suspect map[string]int // Docker endpoints Docker no longer knows, by endpoint key: passes seen
+	mu       sync.Mutex
+	suspect  map[string]int       // Docker endpoints Docker no longer knows, by endpoint key: passes seen
+	released map[string]time.Time // Docker endpoints whose address Docker released before deleting them, by key
 }
 
 // New returns a plugin; Serve runs it.
@@ -75,7 +76,8 @@ func New(cfg Config) *Plugin {
 	if cfg.GCPeriod <= 0 {
 		cfg.GCPeriod = 10 * time.Second
 	}
-	return &Plugin{cfg: cfg, log: cfg.Log.WithField("plugin", cfg.Name), kick: make(chan struct{}, 1), suspect: map[string]int{}}
+	return &Plugin{cfg: cfg, log: cfg.Log.WithField("plugin", cfg.Name), kick: make(chan struct{}, 1),
+		suspect: map[string]int{}, released: map[string]time.Time{}}
 }
 
 // Socket is the path Docker finds the plugin at.

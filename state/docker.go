@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
 	"strings"
 	"time"
 
@@ -23,12 +22,6 @@ const dockerPrefix = Prefix + "docker/"
 func dockerKey(host, id string) string { return dockerPrefix + host + "/" + id }
 func dockersOf(host string) string     { return dockerPrefix + host + "/" }
 
-// Values of IP allocation keys that belong to no endpoint (yet).
-const (
-	pendingPrefix = "pending:" // pending:<host>:<unix nanos>, from IPAM before CreateEndpoint
-	auxPrefix     = "aux:"     // aux:<docker network ID>, an --aux-address
-)
-
 // DockerNetwork is one host's Docker network of a logical network.
 type DockerNetwork struct {
 	Host    string   `json:"host"`
@@ -36,13 +29,13 @@ type DockerNetwork struct {
 	Tenant  string   `json:"tenant"`
 	Network string   `json:"network"`
 	Aux     []string `json:"aux,omitempty"`
+	// ForeignIPAM: another IPAM driver (Docker's own) gives the addresses, so
+	// ours never sees their ReleaseAddress.
+	ForeignIPAM bool `json:"foreignIPAM,omitempty"`
 	// Created lets garbage collection tell a network Docker has not stored yet
 	// from one it deleted while netplugin was away.
 	Created time.Time `json:"created"`
 }
-
-// IsPending reports whether an allocation value is an IPAM reservation of host.
-func IsPending(owner, host string) bool { return strings.HasPrefix(owner, pendingPrefix+host+":") }
 
 // ProvisionalName is the name of a network Docker created before its Docker name
 // is known (Docker never tells a driver the name); it is renamed right after.
@@ -264,132 +257,6 @@ func (s *Store) RenameNetwork(ctx context.Context, tenant, old, name string) err
 		return fmt.Errorf("rename %s/%s: changed concurrently; try again", tenant, old)
 	}
 	return nil
-}
-
-// ReserveIP takes an address of a network for an endpoint Docker has not created
-// yet (IPAM runs before CreateEndpoint): ip, or the lowest free one in [lo, hi]
-// (0, 0: the whole subnet). It returns the address and the allocation's owner
-// value that CreateEndpointReserved must present.
-func (s *Store) ReserveIP(ctx context.Context, tenant, network, ip string, lo, hi uint32, host string) (string, string, error) {
-	owner := pendingPrefix + host + ":" + strconv.FormatInt(time.Now().UnixNano(), 10)
-	for attempt := 0; attempt < maxRetries; attempt++ {
-		n, _, err := s.GetNetwork(ctx, tenant, network)
-		if err != nil {
-			return "", "", err
-		}
-		cand, err := s.candidateIP(ctx, n, host, ip, lo, hi, attempt > 0)
-		if err != nil {
-			return "", "", err
-		}
-		r, err := s.txn(ctx, []clientv3.Cmp{exists(networkKey(tenant, network)), free(ipKey(tenant, network, cand))},
-			clientv3.OpPut(ipKey(tenant, network, cand), owner))
-		if err != nil {
-			return "", "", err
-		}
-		if r.Succeeded {
-			return cand, owner, nil
-		}
-		if ip != "" {
-			return "", "", fmt.Errorf("%w: IP %s is already used on network %s", core.ErrInUse, ip, n.Key())
-		}
-	}
-	return "", "", fmt.Errorf("reserve IP on %s/%s: too much contention, try again", tenant, network)
-}
-
-// pickIPIn is pickIP restricted to [lo, hi] when hi != 0 (Docker's --ip-range).
-func (s *Store) pickIPIn(ctx context.Context, n core.Network, lo, hi uint32, random bool) (string, error) {
-	if hi == 0 {
-		return s.pickIP(ctx, n, random)
-	}
-	// Lost races are retried by the caller; within a small range the lowest free
-	// address is as good a candidate as a random one.
-	used, err := s.usedIPs(ctx, n)
-	if err != nil {
-		return "", err
-	}
-	first, last := core.SubnetBounds(mustCIDR(n.Subnet))
-	for v := max(lo, first+1); v <= hi && v < last; v++ {
-		if !used[v] {
-			return core.IPFromUint(v).String(), nil
-		}
-	}
-	return "", fmt.Errorf("%w: no free IP left in the range of network %s", core.ErrInUse, n.Key())
-}
-
-// ReleaseIP returns an address Docker's IPAM gave out. An address still held by
-// an endpoint Docker made releases that endpoint too: Docker releases addresses
-// of endpoints whose DeleteEndpoint it skipped (forced cleanup after a crash).
-// Addresses of endpoints made with netdcli are never touched.
-func (s *Store) ReleaseIP(ctx context.Context, tenant, network, ip, host string) error {
-	r, err := s.get(ctx, ipKey(tenant, network, ip))
-	if err != nil || len(r.Kvs) == 0 {
-		return err
-	}
-	kv := r.Kvs[0]
-	val := string(kv.Value)
-	if strings.HasPrefix(val, pendingPrefix+host+":") {
-		_, err := s.txn(ctx, []clientv3.Cmp{unchanged(ipKey(tenant, network, ip), kv.ModRevision)}, clientv3.OpDelete(ipKey(tenant, network, ip)))
-		return err
-	}
-	ep, _, err := s.GetEndpoint(ctx, tenant, val)
-	if err != nil {
-		return nil
-	}
-	if ep.DockerEndpoint != "" && ep.Host == host && ep.Network == network && ep.IP == ip {
-		return s.DeleteEndpoint(ctx, tenant, ep.Name)
-	}
-	return nil
-}
-
-// CreateEndpointReserved writes an endpoint whose IP was reserved by ReserveIP
-// (owner is what ReserveIP returned), binding the address to it.
-func (s *Store) CreateEndpointReserved(ctx context.Context, ep core.Endpoint, owner string) (core.Endpoint, error) {
-	if err := core.ValidName("endpoint", ep.Name); err != nil {
-		return ep, err
-	}
-	if ep.MAC == "" {
-		ep.MAC = NewMAC()
-	}
-	ik := ipKey(ep.Tenant, ep.Network, ep.IP)
-	r, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", owner), free(endpointKey(ep.Tenant, ep.Name))},
-		clientv3.OpPut(endpointKey(ep.Tenant, ep.Name), mustJSON(ep)), clientv3.OpPut(ik, ep.Name))
-	if err != nil {
-		return ep, err
-	}
-	if !r.Succeeded {
-		if cur, _, err := s.GetEndpoint(ctx, ep.Tenant, ep.Name); err == nil && cur.IP == ep.IP && cur.DockerEndpoint == ep.DockerEndpoint {
-			return cur, nil // a repeated CreateEndpoint
-		}
-		return ep, fmt.Errorf("%w: IP %s on %s is not reserved for this endpoint", core.ErrInUse, ep.IP, ep.NetworkKey())
-	}
-	return ep, nil
-}
-
-// PendingIP is an address reserved by IPAM that no endpoint took.
-type PendingIP struct {
-	Tenant, Network, IP string
-	Since               time.Time
-}
-
-// PendingIPs lists the reservations of host, for garbage collection.
-func (s *Store) PendingIPs(ctx context.Context, host string) ([]PendingIP, error) {
-	r, err := s.get(ctx, ipAllocPrefix, clientv3.WithPrefix())
-	if err != nil {
-		return nil, err
-	}
-	var out []PendingIP
-	for _, kv := range r.Kvs {
-		rest, ok := strings.CutPrefix(string(kv.Value), pendingPrefix+host+":")
-		if !ok {
-			continue
-		}
-		ns, _ := strconv.ParseInt(rest, 10, 64)
-		parts := strings.Split(strings.TrimPrefix(string(kv.Key), ipAllocPrefix), "/")
-		if len(parts) == 3 {
-			out = append(out, PendingIP{Tenant: parts[0], Network: parts[1], IP: parts[2], Since: time.Unix(0, ns)})
-		}
-	}
-	return out, nil
 }
 
 // AttachNetNS records the sandbox a Docker endpoint was joined to and returns
