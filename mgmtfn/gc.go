@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
 
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/internal/docker"
@@ -31,6 +32,15 @@ func (p *Plugin) kickSoon() {
 func (p *Plugin) background(ctx context.Context) {
 	tick := time.NewTicker(p.cfg.GCPeriod)
 	defer tick.Stop()
+	// Networks mapped by a version without the per-network index get it now.
+	for err := p.cfg.Store.IndexDockerNetworks(ctx, p.cfg.Host); err != nil; err = p.cfg.Store.IndexDockerNetworks(ctx, p.cfg.Host) {
+		p.log.WithError(err).Warn("index Docker networks; retrying")
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -102,9 +112,12 @@ func (p *Plugin) sweep(ctx context.Context, full bool) int {
 			known[eid] = true
 		}
 		if state.IsProvisional(dn.Network) && dnet.Name != "" {
-			if err := p.cfg.Store.RenameNetwork(ctx, dn.Tenant, dn.Network, dnet.Name); err != nil {
+			switch err := p.rename(ctx, dn, dnet.Name); {
+			case errors.Is(err, errHandOffInFlight):
+				unnamed++ // soon
+			case err != nil:
 				log.WithError(err).WithField("name", dnet.Name).Warn("cannot give the network its Docker name")
-			} else {
+			default:
 				log.WithField("name", dnet.Name).Info("network named after its Docker network")
 				p.cfg.Agent.Poke()
 			}
@@ -114,6 +127,30 @@ func (p *Plugin) sweep(ctx context.Context, full bool) int {
 		p.collect(ctx, dns, eps, known)
 	}
 	return unnamed
+}
+
+var errHandOffInFlight = errors.New("a link handed to Docker is not in its sandbox yet")
+
+// rename gives a network its Docker name. Renaming changes the network's key,
+// and with it what the agent builds every endpoint from: a link Docker has not
+// moved into its sandbox yet would be rebuilt from under it, so the rename
+// waits until no such link is left, and runs while no Join or sync does.
+func (p *Plugin) rename(ctx context.Context, dn state.DockerNetwork, name string) error {
+	return p.cfg.Agent.Exclusive(ctx, func(ctx context.Context) (int64, error) {
+		eps, err := p.cfg.Store.Endpoints(ctx, dn.Tenant, dn.Network)
+		if err != nil {
+			return 0, err
+		}
+		for _, ep := range eps {
+			if ep.Host != p.cfg.Host || ep.NetNS == "" {
+				continue
+			}
+			if _, err := netlink.LinkByName(core.HandOffIfName(ep.Key())); err == nil {
+				return 0, errHandOffInFlight
+			}
+		}
+		return 0, p.cfg.Store.RenameNetwork(ctx, dn.Tenant, dn.Network, name)
+	})
 }
 
 // dockerEndpoints lists this host's Docker endpoints on its Docker networks.

@@ -187,12 +187,28 @@ func (p *Plugin) mapping(ctx context.Context, dockerNet string) (state.DockerNet
 }
 
 func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	for attempt := 0; ; attempt++ {
+		resp, n, err := p.createEndpointOnce(ctx, req)
+		if err == nil || attempt == 2 || !p.renamed(ctx, req.NetworkID, n) {
+			return resp, err
+		}
+	}
+}
+
+// renamed reports whether a Docker network's network is no longer n: renamed
+// between our reads, so a failed call is worth one more try.
+func (p *Plugin) renamed(ctx context.Context, dockerNet string, n core.Network) bool {
+	dn, err := p.cfg.Store.DockerNetwork(ctx, p.cfg.Host, dockerNet)
+	return err == nil && n.Name != "" && dn.Network != n.Name
+}
+
+func (p *Plugin) createEndpointOnce(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, core.Network, error) {
 	n, err := p.logical(ctx, req.NetworkID)
 	if err != nil {
-		return nil, err
+		return nil, n, err
 	}
 	if req.Interface == nil || req.Interface.Address == "" {
-		return nil, fmt.Errorf("%w: endpoint %.12s has no IPv4 address", core.ErrInvalid, req.EndpointID)
+		return nil, n, fmt.Errorf("%w: endpoint %.12s has no IPv4 address", core.ErrInvalid, req.EndpointID)
 	}
 	ep := core.Endpoint{Tenant: n.Tenant, Network: n.Name, Name: endpointName(req.EndpointID), IP: plainIP(req.Interface.Address),
 		MAC: req.Interface.MacAddress, Host: p.cfg.Host, DockerEndpoint: req.EndpointID}
@@ -201,7 +217,7 @@ func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpoint
 	// For hostnic --mac-address is how the seed plugin chose the NIC: the NIC
 	// has that MAC already, so Docker setting it changes nothing.
 	if !ownMAC && ep.MAC != "" && n.Driver != "hostnic" {
-		return nil, fmt.Errorf("%w: --mac-address: %s endpoints use their parent's MAC", core.ErrInvalid, n.Driver)
+		return nil, n, fmt.Errorf("%w: --mac-address: %s endpoints use their parent's MAC", core.ErrInvalid, n.Driver)
 	}
 	if ep.MAC == "" && ownMAC {
 		// Only fields Docker left empty may be filled in; the MAC is ours to pick.
@@ -210,7 +226,7 @@ func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpoint
 	}
 	owner, err := p.cfg.Store.IPOwner(ctx, n.Tenant, n.Name, ep.IP)
 	if err != nil {
-		return nil, err
+		return nil, n, err
 	}
 	if state.IsPending(owner, p.cfg.Host) {
 		ep, err = p.cfg.Store.CreateEndpointReserved(ctx, ep, owner)
@@ -219,12 +235,12 @@ func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpoint
 		ep, err = p.cfg.Store.CreateEndpoint(ctx, ep, 0)
 	}
 	if err != nil {
-		return nil, err
+		return nil, n, err
 	}
 	if resp.Interface.MacAddress != "" {
 		resp.Interface.MacAddress = ep.MAC // a repeated call answers with the stored MAC
 	}
-	return resp, nil
+	return resp, n, nil
 }
 
 // hasOwnMAC reports whether the network's endpoints get a MAC of their own.
@@ -256,35 +272,22 @@ func (p *Plugin) endpointInfo(ctx context.Context, req *network.InfoRequest) (*n
 }
 
 func (p *Plugin) join(ctx context.Context, req *network.JoinRequest) (*network.JoinResponse, error) {
-	n, err := p.logical(ctx, req.NetworkID)
-	if err != nil {
-		return nil, err
-	}
-	ep, _, err := p.cfg.Store.GetEndpoint(ctx, n.Tenant, endpointName(req.EndpointID))
-	if err != nil {
-		return nil, err
-	}
-	drv, ok := p.cfg.Drivers[n.Driver].(core.HandOff)
-	if !ok {
-		return nil, fmt.Errorf("%w: driver %q cannot serve Docker networks", core.ErrInvalid, n.Driver)
-	}
-	ep.NetNS = req.SandboxKey
-	spec := core.EndpointSpec{Endpoint: ep, Net: core.NetworkSpec{Network: n}, NetNSPath: req.SandboxKey,
-		NetNSID: core.SandboxNetNSID(req.SandboxKey)}
-	var src string
-	err = p.cfg.Agent.Exclusive(ctx, func(ctx context.Context) (int64, error) {
-		if err := p.cfg.Drivers[n.Driver].EnsureNetwork(ctx, spec.Net); err != nil {
-			return 0, fmt.Errorf("network %s: %w", n.Key(), err)
+	var (
+		n   core.Network
+		src string
+	)
+	err := p.cfg.Agent.Exclusive(ctx, func(ctx context.Context) (int64, error) {
+		// The link handed to Docker is built from what we read; if the
+		// endpoint changed before its sandbox is recorded (the network was
+		// renamed), the link is not the one the agent would keep: build it again.
+		for attempt := 0; ; attempt++ {
+			var rev int64
+			var err error
+			n, src, rev, err = p.handOff(ctx, req)
+			if !errors.Is(err, state.ErrConflict) || attempt == 4 {
+				return rev, err
+			}
 		}
-		var err error
-		if src, err = drv.PrepareHandOff(ctx, spec); err != nil {
-			return 0, err
-		}
-		rev, err := p.cfg.Store.AttachNetNS(ctx, ep.Tenant, ep.Name, req.SandboxKey)
-		if err != nil {
-			_ = p.cfg.Drivers[n.Driver].RemoveEndpoint(ctx, core.ObservedEndpoint{Key: ep.Key()})
-		}
-		return rev, err
 	})
 	if err != nil {
 		return nil, err
@@ -300,6 +303,41 @@ func (p *Plugin) join(ctx context.Context, req *network.JoinRequest) (*network.J
 		resp.StaticRoutes = []*network.StaticRoute{{Destination: "0.0.0.0/0", RouteType: 1}}
 	}
 	return resp, nil
+}
+
+// handOff prepares the endpoint's link for Docker and records its sandbox.
+func (p *Plugin) handOff(ctx context.Context, req *network.JoinRequest) (core.Network, string, int64, error) {
+	n, err := p.logical(ctx, req.NetworkID)
+	if err != nil {
+		return n, "", 0, err
+	}
+	ep, epRev, err := p.cfg.Store.GetEndpoint(ctx, n.Tenant, endpointName(req.EndpointID))
+	if err != nil {
+		return n, "", 0, err
+	}
+	if ep.Network != n.Name {
+		return n, "", 0, fmt.Errorf("endpoint %s on %s, network %s: %w", ep.Key(), ep.Network, n.Name, state.ErrConflict)
+	}
+	drv, ok := p.cfg.Drivers[n.Driver].(core.HandOff)
+	if !ok {
+		return n, "", 0, fmt.Errorf("%w: driver %q cannot serve Docker networks", core.ErrInvalid, n.Driver)
+	}
+	spec := core.EndpointSpec{Endpoint: ep, Net: core.NetworkSpec{Network: n}, NetNSPath: req.SandboxKey,
+		NetNSID: core.SandboxNetNSID(req.SandboxKey)}
+	spec.NetNS = req.SandboxKey
+	if err := p.cfg.Drivers[n.Driver].EnsureNetwork(ctx, spec.Net); err != nil {
+		return n, "", 0, fmt.Errorf("network %s: %w", n.Key(), err)
+	}
+	src, err := drv.PrepareHandOff(ctx, spec)
+	if err != nil {
+		return n, "", 0, err
+	}
+	rev, err := p.cfg.Store.AttachNetNS(ctx, ep, epRev, req.SandboxKey)
+	if err != nil {
+		_ = p.cfg.Drivers[n.Driver].RemoveEndpoint(ctx, core.ObservedEndpoint{Key: ep.Key()})
+		return n, "", 0, err
+	}
+	return n, src, rev, nil
 }
 
 func (p *Plugin) deleteEndpoint(ctx context.Context, req *network.DeleteEndpointRequest) (*empty, error) {
