@@ -125,7 +125,11 @@ func (p *Plugin) createNetwork(ctx context.Context, req *network.CreateNetworkRe
 	if len(req.IPv6Data) > 0 {
 		return nil, fmt.Errorf("%w: IPv6 is not supported", core.ErrInvalid)
 	}
-	want.Subnet = req.IPv4Data[0].Pool
+	sn, err := core.ParseCIDR(req.IPv4Data[0].Pool)
+	if err != nil {
+		return nil, err
+	}
+	want.Subnet = sn.String()
 	want.Gateway = plainIP(req.IPv4Data[0].Gateway)
 	if want.Driver == "" {
 		g, _, err := p.cfg.Store.Global(ctx)
@@ -143,11 +147,27 @@ func (p *Plugin) createNetwork(ctx context.Context, req *network.CreateNetworkRe
 	for _, a := range req.IPv4Data[0].AuxAddresses {
 		dn.Aux = append(dn.Aux, plainIP(fmt.Sprint(a)))
 	}
+	// The subnet's one pending pool is this network's: see poolID. A repeated
+	// CreateNetwork finds the network bound already.
+	pool, pending := p.pendingPoolOf(want.Subnet)
+	if !dn.ForeignIPAM {
+		if !pending {
+			if _, err := p.cfg.Store.DockerNetwork(ctx, p.cfg.Host, req.NetworkID); err != nil {
+				return nil, fmt.Errorf("%w: no IPAM pool of subnet %s is pending on %s (netplugin restarted during docker network create?); try again", core.ErrNotFound, want.Subnet, p.cfg.Host)
+			}
+		}
+		if pending {
+			dn.PoolID = pool.String()
+		}
+	}
 	n, err := p.cfg.Store.BindDockerNetwork(ctx, dn, want)
 	if err != nil {
-		return nil, err
+		return nil, err // Docker releases the pool (ReleasePool), which frees its subnet
 	}
-	p.log.WithFields(map[string]any{"docker": req.NetworkID[:12], "net": n.Key(), "subnet": n.Subnet}).Info("Docker network bound")
+	if pending && !dn.ForeignIPAM {
+		p.takePool(want.Subnet, &pool)
+	}
+	p.log.WithFields(map[string]any{"docker": req.NetworkID[:12], "net": n.Key(), "subnet": n.Subnet, "pool": dn.PoolID}).Info("Docker network bound")
 	p.kickSoon()
 	return nil, nil
 }

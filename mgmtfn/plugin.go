@@ -61,8 +61,9 @@ type Plugin struct {
 	kick chan struct{}
 
 	mu       sync.Mutex
-	suspect  map[string]int       // Docker endpoints Docker no longer knows, by endpoint key: passes seen
-	released map[string]time.Time // Docker endpoints whose address Docker released before deleting them, by key
+	suspect  map[string]int          // Docker endpoints Docker no longer knows, by endpoint key: passes seen
+	released map[string]time.Time    // Docker endpoints whose address Docker released before deleting them, by key
+	pools    map[string]*pendingPool // IPAM pools no CreateNetwork bound yet, by subnet
 }
 
 // New returns a plugin; Serve runs it.
@@ -77,7 +78,7 @@ func New(cfg Config) *Plugin {
 		cfg.GCPeriod = 10 * time.Second
 	}
 	return &Plugin{cfg: cfg, log: cfg.Log.WithField("plugin", cfg.Name), kick: make(chan struct{}, 1),
-		suspect: map[string]int{}, released: map[string]time.Time{}}
+		suspect: map[string]int{}, released: map[string]time.Time{}, pools: map[string]*pendingPool{}}
 }
 
 // Socket is the path Docker finds the plugin at.

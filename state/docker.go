@@ -40,9 +40,9 @@ type networkUser struct {
 // auxValue marks an address as an --aux-address of the network.
 const auxValue = "aux"
 
-// isAux reports whether an allocation value is an aux address (auxPrefix: as
+// IsAux reports whether an allocation value is an aux address (auxPrefix: as
 // an older version wrote it, one Docker network's).
-func isAux(v string) bool { return v == auxValue || strings.HasPrefix(v, auxPrefix) }
+func IsAux(v string) bool { return v == auxValue || strings.HasPrefix(v, auxPrefix) }
 
 // DockerNetwork is one host's Docker network of a logical network.
 type DockerNetwork struct {
@@ -51,6 +51,10 @@ type DockerNetwork struct {
 	Tenant  string   `json:"tenant"`
 	Network string   `json:"network"`
 	Aux     []string `json:"aux,omitempty"`
+	// PoolID is the IPAM pool Docker allocates this network's addresses from;
+	// IPAM calls name only the pool. Empty: an older version's mapping, whose
+	// pool is found by subnet.
+	PoolID string `json:"poolID,omitempty"`
 	// ForeignIPAM: another IPAM driver (Docker's own) gives the addresses, so
 	// ours never sees their ReleaseAddress.
 	ForeignIPAM bool `json:"foreignIPAM,omitempty"`
@@ -174,7 +178,7 @@ func (s *Store) BindDockerNetwork(ctx context.Context, dn DockerNetwork, want co
 				ops = append(ops, clientv3.OpPut(ik, auxValue))
 				continue
 			}
-			if !isAux(string(r.Kvs[0].Value)) {
+			if !IsAux(string(r.Kvs[0].Value)) {
 				return n, fmt.Errorf("%w: aux address %s is used by endpoint %q of network %s", core.ErrInUse, a, r.Kvs[0].Value, n.Key())
 			}
 			cmps = append(cmps, unchanged(ik, r.Kvs[0].ModRevision))
@@ -504,29 +508,28 @@ func (s *Store) AttachNetNS(ctx context.Context, ep core.Endpoint, rev int64, ne
 // reads again and retries.
 var ErrConflict = errors.New("changed concurrently; try again")
 
-// NetworkOfSubnet finds the logical network behind a Docker network of host
-// whose subnet is subnet: IPAM calls carry only the pool, never the network.
-func (s *Store) NetworkOfSubnet(ctx context.Context, host, subnet string) (core.Network, error) {
-	// A network renamed between reading the mapping and reading the network is
-	// found on the next try: the rename moves both in one transaction.
-	for attempt := 0; attempt < 3; attempt++ {
-		mine, err := s.DockerNetworks(ctx, host)
-		if err != nil {
-			return core.Network{}, err
-		}
-		renamed := false
-		for _, dn := range mine {
+// DockerNetworkOfPool finds the Docker network of host whose IPAM pool is
+// poolID, and its network. A pool ID of an older version names no network:
+// legacySubnet, when given, finds the older mapping of that subnet instead.
+func (s *Store) DockerNetworkOfPool(ctx context.Context, host, poolID, legacySubnet string) (DockerNetwork, core.Network, error) {
+	mine, err := s.DockerNetworks(ctx, host)
+	if err != nil {
+		return DockerNetwork{}, core.Network{}, err
+	}
+	for _, dn := range mine {
+		if dn.PoolID == "" && legacySubnet != "" {
 			n, _, err := s.GetNetwork(ctx, dn.Tenant, dn.Network)
-			if err == nil && n.Subnet == subnet {
-				return n, nil
+			if err == nil && n.Subnet == legacySubnet {
+				return dn, n, nil
 			}
-			renamed = renamed || errors.Is(err, core.ErrNotFound)
+			continue
 		}
-		if !renamed {
-			break
+		if dn.PoolID == poolID && legacySubnet == "" {
+			n, _, err := s.GetNetwork(ctx, dn.Tenant, dn.Network)
+			return dn, n, err // not found: renamed between the reads, the caller reads again
 		}
 	}
-	return core.Network{}, fmt.Errorf("%w: no netplugin Docker network with subnet %s on %s", core.ErrNotFound, subnet, host)
+	return DockerNetwork{}, core.Network{}, fmt.Errorf("%w: no netplugin Docker network has IPAM pool %.80s on %s", core.ErrNotFound, poolID, host)
 }
 
 // SubnetRange converts an --ip-range CIDR into bounds inside its subnet.
