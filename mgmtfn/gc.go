@@ -34,6 +34,9 @@ func (p *Plugin) background(ctx context.Context) {
 	defer tick.Stop()
 	// Networks mapped by a version without the per-network index get it now.
 	for err := p.cfg.Store.IndexDockerNetworks(ctx, p.cfg.Host); err != nil; err = p.cfg.Store.IndexDockerNetworks(ctx, p.cfg.Host) {
+		if ctx.Err() != nil {
+			return
+		}
 		p.log.WithError(err).Warn("index Docker networks; retrying")
 		select {
 		case <-ctx.Done():

@@ -43,9 +43,9 @@ func (p *Plugin) networkRoutes(m *http.ServeMux) {
 	m.HandleFunc("/NetworkDriver.DeleteEndpoint", handle(p, "DeleteEndpoint", p.deleteEndpoint))
 	m.HandleFunc("/NetworkDriver.EndpointOperInfo", handle(p, "EndpointOperInfo", p.endpointInfo))
 	m.HandleFunc("/NetworkDriver.Join", handle(p, "Join", p.join))
-	m.HandleFunc("/NetworkDriver.Leave", handle(p, "Leave", func(context.Context, *network.LeaveRequest) (*empty, error) {
+	m.HandleFunc("/NetworkDriver.Leave", handle(p, "Leave", func(_ context.Context, req *network.LeaveRequest) (*empty, error) {
 		// Docker moves the link back to the host after Leave; DeleteEndpoint removes it.
-		return nil, nil
+		return nil, validIDs(req.NetworkID, req.EndpointID)
 	}))
 	// The helpers' types have every call; these have nothing to do here but must
 	// succeed (a registered path never gets Docker's 404-means-fine fallback).
@@ -115,6 +115,9 @@ func plainIP(cidr string) string {
 }
 
 func (p *Plugin) createNetwork(ctx context.Context, req *network.CreateNetworkRequest) (*empty, error) {
+	if err := validID("network", req.NetworkID); err != nil {
+		return nil, err
+	}
 	want, err := parseOptions(req.Options)
 	if err != nil {
 		return nil, err
@@ -184,7 +187,17 @@ func (p *Plugin) handOffDrivers() string {
 }
 
 func (p *Plugin) deleteNetwork(ctx context.Context, req *network.DeleteNetworkRequest) (*empty, error) {
+	if err := validID("network", req.NetworkID); err != nil {
+		return nil, err
+	}
 	return nil, p.cfg.Store.UnbindDockerNetwork(ctx, p.cfg.Host, req.NetworkID)
+}
+
+func validIDs(networkID, endpointID string) error {
+	if err := validID("network", networkID); err != nil {
+		return err
+	}
+	return validID("endpoint", endpointID)
 }
 
 // endpointName names the endpoint of a Docker endpoint; 12 hex digits, as
@@ -207,6 +220,9 @@ func (p *Plugin) mapping(ctx context.Context, dockerNet string) (state.DockerNet
 }
 
 func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	if err := validIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, err
+	}
 	for attempt := 0; ; attempt++ {
 		resp, n, err := p.createEndpointOnce(ctx, req)
 		if err == nil || attempt == 2 || !p.renamed(ctx, req.NetworkID, n) {
@@ -280,6 +296,9 @@ func hasOwnMAC(n core.Network) bool {
 func (p *Plugin) endpointInfo(ctx context.Context, req *network.InfoRequest) (*network.InfoResponse, error) {
 	// Never an error: Docker fails the container start on one.
 	resp := &network.InfoResponse{Value: map[string]string{}}
+	if validIDs(req.NetworkID, req.EndpointID) != nil {
+		return resp, nil
+	}
 	n, err := p.logical(ctx, req.NetworkID)
 	if err != nil {
 		return resp, nil
@@ -292,6 +311,9 @@ func (p *Plugin) endpointInfo(ctx context.Context, req *network.InfoRequest) (*n
 }
 
 func (p *Plugin) join(ctx context.Context, req *network.JoinRequest) (*network.JoinResponse, error) {
+	if err := validIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, err
+	}
 	var (
 		n   core.Network
 		src string
@@ -361,6 +383,9 @@ func (p *Plugin) handOff(ctx context.Context, req *network.JoinRequest) (core.Ne
 }
 
 func (p *Plugin) deleteEndpoint(ctx context.Context, req *network.DeleteEndpointRequest) (*empty, error) {
+	if err := validIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, err
+	}
 	dn, n, err := p.mapping(ctx, req.NetworkID)
 	if errors.Is(err, core.ErrNotFound) {
 		return nil, nil // Docker retries deletes; gone is gone

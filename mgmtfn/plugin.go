@@ -8,6 +8,7 @@ package mgmtfn
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -92,10 +93,9 @@ func (p *Plugin) Serve(ctx context.Context) error {
 		return fmt.Errorf("plugin dir: %w", err)
 	}
 	sock := p.Socket()
-	_ = os.Remove(sock) // left by a crash: Docker redials the path on every call
-	l, err := net.Listen("unix", sock)
+	l, err := listenPrivate(sock)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", sock, err)
+		return err
 	}
 	srv := &http.Server{Handler: p.mux(), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
@@ -114,6 +114,40 @@ func (p *Plugin) Serve(ctx context.Context) error {
 	return err
 }
 
+// listenPrivate listens on a unix socket at path that only root can connect
+// to, whatever the umask: the socket is made and chmodded in a directory of its
+// own (0700) and only then renamed into place, so no other user ever sees it
+// open. A socket left at path by a crash is replaced (Docker redials the path on
+// every call).
+func listenPrivate(path string) (*net.UnixListener, error) {
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".netplugin-")
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.Chmod(tmp, 0o700); err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(tmp, "s"), Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	l.SetUnlinkOnClose(false) // it is renamed; Serve removes it at path
+	if err := os.Chmod(filepath.Join(tmp, "s"), 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Rename(filepath.Join(tmp, "s"), path); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// maxBody bounds a request body: Docker's largest (CreateNetwork with its
+// options) is a few KiB.
+const maxBody = 1 << 20
+
 // handle adapts a typed handler: decode the request, run it with a deadline,
 // encode the answer; errors go out as HTTP 500 {"Err": ...}, the form both of
 // Docker's proxies accept.
@@ -121,8 +155,13 @@ func handle[Req, Resp any](p *Plugin, op string, fn func(context.Context, *Req) 
 	return func(w http.ResponseWriter, r *http.Request) {
 		req := new(Req)
 		if r.ContentLength != 0 {
-			if err := json.NewDecoder(r.Body).Decode(req); err != nil {
-				sdk.EncodeResponse(w, map[string]string{"Err": "netplugin: " + op + ": bad request: " + err.Error()}, true)
+			body := http.MaxBytesReader(w, r.Body, maxBody)
+			if err := json.NewDecoder(body).Decode(req); err != nil {
+				msg := err.Error()
+				if errors.As(err, new(*http.MaxBytesError)) {
+					msg = fmt.Sprintf("request body too large (over %d bytes)", maxBody)
+				}
+				sdk.EncodeResponse(w, map[string]string{"Err": "netplugin: " + op + ": bad request: " + oneLine(msg)}, true)
 				return
 			}
 		}
@@ -133,8 +172,7 @@ func handle[Req, Resp any](p *Plugin, op string, fn func(context.Context, *Req) 
 		log := p.log.WithFields(logrus.Fields{"op": op, "took": time.Since(start).Round(time.Microsecond)})
 		if err != nil {
 			log.WithError(err).Warn("request failed")
-			msg := strings.ReplaceAll(err.Error(), "\n", "; ")
-			sdk.EncodeResponse(w, map[string]string{"Err": "netplugin: " + msg}, true)
+			sdk.EncodeResponse(w, map[string]string{"Err": "netplugin: " + oneLine(err.Error())}, true)
 			return
 		}
 		log.Debug("request served")
@@ -145,6 +183,9 @@ func handle[Req, Resp any](p *Plugin, op string, fn func(context.Context, *Req) 
 		sdk.EncodeResponse(w, resp, false)
 	}
 }
+
+// oneLine keeps an error message on one line for Docker's log and CLI.
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
 
 type empty struct{}
 
@@ -158,5 +199,13 @@ func (p *Plugin) mux() http.Handler {
 	return m
 }
 
-// dockerErr keeps messages one line and free of our sentinel prefixes' noise.
-func dockerErr(op string, err error) error { return fmt.Errorf("%s: %w", op, err) }
+// validID checks a Docker network or endpoint ID: 64 lowercase hex digits, as
+// Docker makes them. Our keys and link names derive from them.
+func validID(kind, id string) error {
+	if len(id) == 64 {
+		if _, err := hex.DecodeString(id); err == nil && strings.ToLower(id) == id {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s ID %.80q: want 64 hex digits", core.ErrInvalid, kind, id)
+}
