@@ -18,8 +18,8 @@ import (
 // crash, while the plugin is not loaded), and a network may be removed while
 // netplugin is down. The background loop asks Docker — never from a handler —
 // and repairs: it names new networks, forgets networks Docker no longer has,
-// deletes endpoints Docker no longer has (after two passes), and releases IPAM
-// reservations no endpoint took.
+// deletes endpoints Docker no longer has, and frees addresses Docker's IPAM
+// gave out that no endpoint took, or held for a ReleaseAddress that never came.
 
 // kickSoon asks the loop to run now (a network was just created).
 func (p *Plugin) kickSoon() {

@@ -357,6 +357,9 @@ func (p *Plugin) handOff(ctx context.Context, req *network.JoinRequest) (core.Ne
 	if err != nil {
 		return n, "", 0, err
 	}
+	if ep.DockerEndpoint != req.EndpointID || ep.Host != p.cfg.Host {
+		return n, "", 0, fmt.Errorf("%w: endpoint %s is not Docker endpoint %.12s of host %s", core.ErrNotFound, ep.Key(), req.EndpointID, p.cfg.Host)
+	}
 	if ep.Network != n.Name {
 		return n, "", 0, fmt.Errorf("endpoint %s on %s, network %s: %w", ep.Key(), ep.Network, n.Name, state.ErrConflict)
 	}

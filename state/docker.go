@@ -308,6 +308,19 @@ func (s *Store) UnbindDockerNetwork(ctx context.Context, host, id string) error 
 			}
 		}
 		ops := []clientv3.Op{clientv3.OpDelete(dockerKey(host, id)), clientv3.OpDelete(mine)}
+		// Docker removes a network only once its endpoints are gone and
+		// released: what this host still reserves there no call will take
+		// or release any more.
+		ips, err := s.get(ctx, ipsOf(dn.Tenant, dn.Network), clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision))
+		if err != nil {
+			return err
+		}
+		for _, kv := range ips.Kvs {
+			if _, _, ok := reservationOf(string(kv.Value), host); ok {
+				ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(string(kv.Key)), "=", string(kv.Value))},
+					[]clientv3.Op{clientv3.OpDelete(string(kv.Key))}, nil))
+			}
+		}
 		for _, a := range dn.Aux {
 			if needed[a] {
 				continue

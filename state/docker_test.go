@@ -266,3 +266,46 @@ func TestRenameLosesNoConcurrentWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestUnbindDropsOrphanReservations: Docker removes a network only after its
+// endpoints are gone and released; what the host still reserves there then
+// (Docker died between DeleteEndpoint and ReleaseAddress) goes with the
+// network instead of keeping it alive.
+func TestUnbindDropsOrphanReservations(t *testing.T) {
+	s, _ := etcdtest.Store(t)
+	ctx := context.Background()
+	n, err := s.BindDockerNetwork(ctx, state.DockerNetwork{Host: "h1", ID: dockerA}, core.Network{Tenant: "t1", Subnet: "10.156.0.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip, owner, err := s.ReserveIP(ctx, "t1", n.Name, "", 0, 0, "h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateEndpointReserved(ctx, core.Endpoint{Tenant: "t1", Network: n.Name, Name: "e1", IP: ip, Host: "h1",
+		DockerEndpoint: strings.Repeat("1", 64)}, owner); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DeleteDockerEndpoint(ctx, "t1", "e1", "h1", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.ReserveIP(ctx, "t1", n.Name, "", 0, 0, "h1"); err != nil { // never taken
+		t.Fatal(err)
+	}
+	// A netdcli endpoint on the network is not the plugin's to delete.
+	if _, err := s.CreateEndpoint(ctx, core.Endpoint{Tenant: "t1", Network: n.Name, Name: "manual", Host: "h1"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DeleteDockerEndpoint(ctx, "t1", "manual", "h1", true); !errors.Is(err, core.ErrNotFound) {
+		t.Fatalf("DeleteDockerEndpoint of a netdcli endpoint: %v", err)
+	}
+	if err := s.DeleteEndpoint(ctx, "t1", "manual"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UnbindDockerNetwork(ctx, "h1", dockerA); err != nil {
+		t.Fatal(err)
+	}
+	if d := etcdtest.Dump(t, s); strings.Contains(d, "/alloc/") || strings.Contains(d, "/config/networks/") {
+		t.Fatalf("left behind after the network went:\n%s", d)
+	}
+}

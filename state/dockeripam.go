@@ -142,6 +142,10 @@ func (s *Store) DeleteDockerEndpoint(ctx context.Context, tenant, name, host str
 		if err != nil {
 			return 0, err
 		}
+		if ep.DockerEndpoint == "" || ep.Host != host {
+			// netdcli's, or another host's: not this plugin's to delete.
+			return 0, fmt.Errorf("%w: endpoint %s is not a Docker endpoint of host %s", core.ErrNotFound, ep.Key(), host)
+		}
 		ik := ipKey(ep.Tenant, ep.Network, ep.IP)
 		addr := clientv3.OpDelete(ik)
 		if hold {
