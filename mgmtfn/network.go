@@ -41,7 +41,9 @@ func (p *Plugin) networkRoutes(m *http.ServeMux) {
 	m.HandleFunc("/NetworkDriver.DeleteNetwork", handle(p, "DeleteNetwork", p.deleteNetwork))
 	m.HandleFunc("/NetworkDriver.CreateEndpoint", handle(p, "CreateEndpoint", p.createEndpoint))
 	m.HandleFunc("/NetworkDriver.DeleteEndpoint", handle(p, "DeleteEndpoint", p.deleteEndpoint))
-	m.HandleFunc("/NetworkDriver.EndpointOperInfo", handle(p, "EndpointOperInfo", p.endpointInfo))
+	// Never an error: Docker fails the container start on one.
+	m.HandleFunc("/NetworkDriver.EndpointOperInfo", handleOr(p, "EndpointOperInfo", p.endpointInfo,
+		&network.InfoResponse{Value: map[string]string{}}))
 	m.HandleFunc("/NetworkDriver.Join", handle(p, "Join", p.join))
 	m.HandleFunc("/NetworkDriver.Leave", handle(p, "Leave", func(_ context.Context, req *network.LeaveRequest) (*empty, error) {
 		// Docker moves the link back to the host after Leave; DeleteEndpoint removes it.

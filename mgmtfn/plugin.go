@@ -152,11 +152,22 @@ const maxBody = 1 << 20
 // encode the answer; errors go out as HTTP 500 {"Err": ...}, the form both of
 // Docker's proxies accept.
 func handle[Req, Resp any](p *Plugin, op string, fn func(context.Context, *Req) (*Resp, error)) http.HandlerFunc {
+	return handleOr(p, op, fn, nil)
+}
+
+// handleOr is handle answering onBadRequest, when not nil, to a body it cannot
+// decode (for calls that must never fail).
+func handleOr[Req, Resp any](p *Plugin, op string, fn func(context.Context, *Req) (*Resp, error), onBadRequest *Resp) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		req := new(Req)
 		if r.ContentLength != 0 {
 			body := http.MaxBytesReader(w, r.Body, maxBody)
 			if err := json.NewDecoder(body).Decode(req); err != nil {
+				if onBadRequest != nil {
+					p.log.WithError(err).WithField("op", op).Warn("bad request")
+					sdk.EncodeResponse(w, onBadRequest, false)
+					return
+				}
 				msg := err.Error()
 				if errors.As(err, new(*http.MaxBytesError)) {
 					msg = fmt.Sprintf("request body too large (over %d bytes)", maxBody)
