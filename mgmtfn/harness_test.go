@@ -211,3 +211,26 @@ func TestLegacyPoolID(t *testing.T) {
 		t.Fatalf("%+v %v", ep, err)
 	}
 }
+
+// TestPendingPoolNotStolen: while a pool waits for its CreateNetwork, a second
+// network of the subnet is refused after a while (not given the subnet: the
+// first one's late CreateNetwork would bind the second's pool), and the first
+// still binds its own pool.
+func TestPendingPoolNotStolen(t *testing.T) {
+	h := newHarness(t)
+	h.p.cfg.Timeout = time.Second // RequestPool waits half of it
+	pa := h.must("/IpamDriver.RequestPool", map[string]any{"Pool": "10.157.0.0/24"})["PoolID"].(string)
+	b, _ := json.Marshal(map[string]any{"Pool": "10.157.0.0/24"})
+	start := time.Now()
+	code, out := h.call("/IpamDriver.RequestPool", b)
+	if code == http.StatusOK || !strings.Contains(out["Err"].(string), "in progress") {
+		t.Fatalf("second pool of a pending subnet: %d %v", code, out)
+	}
+	if d := time.Since(start); d < 400*time.Millisecond {
+		t.Fatalf("refused after %v, without waiting for the first CreateNetwork", d)
+	}
+	h.createOnly(dockerID('a'), "ta", "10.157.0.0/24", "10.157.0.1")
+	if ip := h.runContainer(dockerID('a'), dockerID('1'), pa); ip != "10.157.0.2" {
+		t.Fatalf("first network's address: %s", ip)
+	}
+}

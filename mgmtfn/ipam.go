@@ -114,10 +114,16 @@ type pendingPool struct {
 	done  chan struct{} // closed when bound or released
 }
 
-// poolWait bounds how long a pool may stay pending: Docker calls CreateNetwork
-// within milliseconds of RequestPool unless it died in between, and a second
-// network of the subnet waits no longer than this for the first.
+// poolWait bounds how long a second network of a subnet waits in RequestPool
+// for the first one's CreateNetwork: Docker calls it within milliseconds unless
+// it is stuck or died in between.
 func (p *Plugin) poolWait() time.Duration { return p.cfg.Timeout / 2 }
+
+// poolStale is when a pending pool counts as abandoned (dockerd died between
+// RequestPool and CreateNetwork) and its subnet goes to the next network.
+// Until then a second network is refused rather than given the subnet: the
+// first one's late CreateNetwork would bind the second's pool.
+const poolStale = 2 * time.Minute
 
 func (p *Plugin) requestPool(ctx context.Context, req *ipam.RequestPoolRequest) (*ipam.RequestPoolResponse, error) {
 	if req.V6 {
@@ -157,10 +163,11 @@ func newNonce() string {
 
 // holdPool makes id the pending pool of its subnet, waiting while another is.
 func (p *Plugin) holdPool(ctx context.Context, id poolID) error {
+	giveUp := time.After(p.poolWait())
 	for {
 		p.mu.Lock()
 		cur := p.pools[id.subnet]
-		if cur == nil || time.Since(cur.since) > p.poolWait() {
+		if cur == nil || time.Since(cur.since) > poolStale {
 			if cur != nil {
 				close(cur.done)
 				p.log.WithField("pool", cur.id.String()).Warn("Docker never created the network of this pool; giving its subnet to the next")
@@ -170,11 +177,14 @@ func (p *Plugin) holdPool(ctx context.Context, id poolID) error {
 			return nil
 		}
 		p.mu.Unlock()
+		busy := fmt.Errorf("%w: another docker network create with subnet %s is in progress on %s; try again", core.ErrUnavailable, id.subnet, p.cfg.Host)
 		select {
 		case <-cur.done:
-		case <-time.After(time.Until(cur.since.Add(p.poolWait())) + time.Millisecond):
+		case <-time.After(time.Until(cur.since.Add(poolStale)) + time.Millisecond):
+		case <-giveUp:
+			return busy
 		case <-ctx.Done():
-			return fmt.Errorf("%w: another docker network create with subnet %s is still running on %s", core.ErrUnavailable, id.subnet, p.cfg.Host)
+			return busy
 		}
 	}
 }
