@@ -270,8 +270,7 @@ func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string) error {
 	}
 	r, err := s.txn(ctx,
 		[]clientv3.Cmp{unchanged(networkKey(n.Tenant, n.Name), rev), emptyPrefix(ipsOf(n.Tenant, n.Name))},
-		clientv3.OpDelete(networkKey(n.Tenant, n.Name)), clientv3.OpDelete(tagKey(n.Encap, n.Tag)),
-		clientv3.OpDelete(blocksOf(n.Tenant, n.Name), clientv3.WithPrefix()))
+		deleteNetworkOps(n)...)
 	if err != nil {
 		return err
 	}
@@ -279,4 +278,10 @@ func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string) error {
 		return fmt.Errorf("%w: network %s still has endpoints; delete them first", core.ErrInUse, n.Key())
 	}
 	return nil
+}
+
+// deleteNetworkOps removes a network and what was allocated for it.
+func deleteNetworkOps(n core.Network) []clientv3.Op {
+	return []clientv3.Op{clientv3.OpDelete(networkKey(n.Tenant, n.Name)), clientv3.OpDelete(tagKey(n.Encap, n.Tag)),
+		clientv3.OpDelete(blocksOf(n.Tenant, n.Name), clientv3.WithPrefix())}
 }
