@@ -185,12 +185,15 @@ func (s *Store) PlanApply(ctx context.Context, d Document, o ApplyOptions) (Plan
 	return Plan{Changes: p.changes, Pending: pending, ApplySummary: p.summary()}, nil
 }
 
-// readSnapshot reads config/, alloc/ and docker/ at one revision.
+// readSnapshot reads the desired state and its allocations at one revision.
 func (s *Store) readSnapshot(ctx context.Context) (*snapshot, error) {
 	octx, cancel := s.op(ctx)
 	defer cancel()
-	r, err := s.cli.Txn(octx).Then(clientv3.OpGet(configPrefix, clientv3.WithPrefix()),
-		clientv3.OpGet(allocPrefix, clientv3.WithPrefix()), clientv3.OpGet(dockerPrefix, clientv3.WithPrefix())).Commit()
+	var gets []clientv3.Op
+	for _, p := range desiredPrefixes {
+		gets = append(gets, clientv3.OpGet(p, clientv3.WithPrefix()))
+	}
+	r, err := s.cli.Txn(octx).Then(gets...).Commit()
 	if err != nil {
 		return nil, wrapErr(err)
 	}

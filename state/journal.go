@@ -26,7 +26,7 @@ import (
 //  1. The whole plan — every key with the state it expects and the state it
 //     replaces — is written in one transaction, with a progress counter and an
 //     owner key on the applier's lease, and only if nothing under config/,
-//     alloc/ and docker/ changed since the plan was read.
+//     alloc/, docker/ and dockerusers/ changed since the plan was read.
 //  2. While the journal exists, every other writer of desired state waits
 //     (fencedTxn): the plan's allocations cannot be taken from under it.
 //  3. Each batch commits with its preconditions and advances the counter in
@@ -169,11 +169,24 @@ func (s *Store) fencedTxn(ctx context.Context, cmps []clientv3.Cmp, ops ...clien
 	}
 }
 
+// desiredPrefixes hold the desired state and its allocations: what a plan is
+// made from, what the fence guards.
+var desiredPrefixes = [...]string{configPrefix, allocPrefix, dockerPrefix, usersPrefix}
+
 func writesDesiredState(ops []clientv3.Op) bool {
 	for _, op := range ops {
+		if op.IsTxn() {
+			_, then, els := op.Txn()
+			if writesDesiredState(then) || writesDesiredState(els) {
+				return true
+			}
+			continue
+		}
 		k := string(op.KeyBytes())
-		if strings.HasPrefix(k, configPrefix) || strings.HasPrefix(k, allocPrefix) || strings.HasPrefix(k, dockerPrefix) {
-			return true
+		for _, p := range desiredPrefixes {
+			if strings.HasPrefix(k, p) {
+				return true
+			}
 		}
 	}
 	return false
@@ -334,8 +347,11 @@ func (s *Store) writeJournal(ctx context.Context, j journal, snapRev int64, leas
 	unchangedSince := func(prefix string) clientv3.Cmp {
 		return clientv3.Compare(clientv3.ModRevision(prefix), "<", snapRev+1).WithPrefix()
 	}
-	r, err := s.rawTxn(ctx,
-		[]clientv3.Cmp{free(journalKey), unchangedSince(configPrefix), unchangedSince(allocPrefix), unchangedSince(dockerPrefix)},
+	cmps := []clientv3.Cmp{free(journalKey)}
+	for _, p := range desiredPrefixes {
+		cmps = append(cmps, unchangedSince(p))
+	}
+	r, err := s.rawTxn(ctx, cmps,
 		[]clientv3.Op{clientv3.OpPut(journalKey, string(b)), clientv3.OpPut(progressKey, progress{id: j.ID}.String()),
 			clientv3.OpPut(ownerKey, j.ID, clientv3.WithLease(lease.id))}, nil)
 	if err != nil {

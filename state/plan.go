@@ -18,8 +18,8 @@ import (
 // Keeping the planner pure lets a dry run show exactly what an apply does, and
 // lets the fuzzer check it without etcd.
 
-// snapshot is the desired state and the allocations (config/, alloc/, docker/)
-// at one revision.
+// snapshot is the desired state and the allocations (desiredPrefixes) at one
+// revision.
 type snapshot struct {
 	rev int64
 	kvs map[string]snapKV
@@ -98,7 +98,7 @@ type view struct {
 	ips        map[string]map[string]string // network key -> IP -> owner
 	tags       map[string]string            // tag key -> network key
 	blocks     map[string]map[string]string // network key -> block base -> host
-	dockerMaps map[string][]string          // network key -> docker/ keys bound to it
+	dockerMaps map[string][]string          // network key -> docker/ and dockerusers/ keys naming it
 }
 
 func decodeSnapshot(snap *snapshot) (*view, error) {
@@ -149,6 +149,12 @@ func decodeSnapshot(snap *snapshot) (*view, error) {
 			var dn DockerNetwork
 			if json.Unmarshal([]byte(kv.val), &dn) == nil {
 				nk := dn.Tenant + "/" + dn.Network
+				v.dockerMaps[nk] = append(v.dockerMaps[nk], k)
+			}
+		case strings.HasPrefix(k, usersPrefix):
+			// dockerusers/<tenant>/<network>/<host>/<id>, the index of the mappings.
+			if parts := strings.SplitN(strings.TrimPrefix(k, usersPrefix), "/", 3); len(parts) == 3 {
+				nk := parts[0] + "/" + parts[1]
 				v.dockerMaps[nk] = append(v.dockerMaps[nk], k)
 			}
 		case strings.HasPrefix(k, allocPrefix):
@@ -429,7 +435,7 @@ func planDocument(snap *snapshot, d Document, o ApplyOptions) (*plan, error) {
 		for _, base := range sortedKeys(v.blocks[n.Key()]) {
 			held = append(held, blockKey(n.Tenant, n.Name, base))
 		}
-		held = append(held, v.dockerMaps[n.Key()]...)
+		held = append(held, sortedStrings(v.dockerMaps[n.Key()])...)
 		for _, k := range held {
 			if one := p.del(nil, k); len(one) > 0 {
 				p.items = append(p.items, one)
@@ -997,6 +1003,12 @@ func sortedKeys[V any](m map[string]V) []string {
 	for k := range m {
 		out = append(out, k)
 	}
+	sort.Strings(out)
+	return out
+}
+
+func sortedStrings(in []string) []string {
+	out := append([]string(nil), in...)
 	sort.Strings(out)
 	return out
 }

@@ -57,23 +57,27 @@ func fuzzBase(t testing.TB) *snapshot {
 	de := core.Endpoint{Tenant: "default", Network: dn.Name, Name: "c1", IP: "10.20.0.2", MAC: "02:00:00:00:00:09", Host: "h1",
 		NetNS: "/var/run/docker/netns/abc", DockerEndpoint: "e0"}
 	for k, v := range map[string]string{
-		networkKey(dn.Tenant, dn.Name):            mustJSON(dn),
-		tagKey("vlan", 7):                         dn.Key(),
-		endpointKey(de.Tenant, de.Name):           mustJSON(de),
-		ipKey(dn.Tenant, dn.Name, de.IP):          de.Name,
-		ipKey(dn.Tenant, dn.Name, "10.20.0.3"):    "pending:h1:1",
-		dockerKey("h1", "d0c000000001"):           mustJSON(DockerNetwork{Host: "h1", ID: "d0c000000001", Tenant: dn.Tenant, Network: dn.Name}),
-		ipKey("default", "web", "10.5.0.200"):     "pending:h1:2",
-		dockerKey("h1", "d0c000000002"):           mustJSON(DockerNetwork{Host: "h1", ID: "d0c000000002", Tenant: "default", Network: "web"}),
-		endpointKey("default", "dweb"):            mustJSON(core.Endpoint{Tenant: "default", Network: "web", Name: "dweb", IP: "10.5.0.201", MAC: "02:00:00:00:00:0a", Host: "h1", DockerEndpoint: "e1"}),
-		ipKey("default", "web", "10.5.0.201"):     "dweb",
-		tenantKey("blue"):                         mustJSON(core.Tenant{Name: "blue"}),
-		networkKey("blue", "docker-d0c000000003"): mustJSON(core.Network{Tenant: "blue", Name: "docker-d0c000000003", Driver: "linuxbridge", Encap: "vlan", Tag: 8, Subnet: "10.20.1.0/24", CreatedBy: "docker"}),
-		tagKey("vlan", 8):                         "blue/docker-d0c000000003",
-		blockKey("default", "r", "10.8.0.32"):     "h3",
-		ipKey("default", "r", "10.8.0.33"):        "pending:h3:1",
-		networkKey("default", "empty"):            mustJSON(core.Network{Tenant: "default", Name: "empty", Driver: "macvlan", Encap: "vlan", Tag: 9, Subnet: "10.30.0.0/24", Options: map[string]string{"parent": "eth1"}}),
-		tagKey("vlan", 9):                         "default/empty",
+		networkKey(dn.Tenant, dn.Name):                    mustJSON(dn),
+		tagKey("vlan", 7):                                 dn.Key(),
+		endpointKey(de.Tenant, de.Name):                   mustJSON(de),
+		ipKey(dn.Tenant, dn.Name, de.IP):                  de.Name,
+		ipKey(dn.Tenant, dn.Name, "10.20.0.3"):            "pending:h1:1",
+		dockerKey("h1", "d0c000000001"):                   mustJSON(DockerNetwork{Host: "h1", ID: "d0c000000001", Tenant: dn.Tenant, Network: dn.Name}),
+		userKey(dn.Tenant, dn.Name, "h1", "d0c000000001"): mustJSON(networkUser{Aux: []string{"10.20.0.4"}}),
+		ipKey(dn.Tenant, dn.Name, "10.20.0.4"):            auxValue,
+		userKey("default", "web", "h1", "d0c000000002"):   "{}",
+		ipKey("default", "web", "10.5.0.202"):             heldValue("h1", "e9"),
+		ipKey("default", "web", "10.5.0.200"):             "pending:h1:2",
+		dockerKey("h1", "d0c000000002"):                   mustJSON(DockerNetwork{Host: "h1", ID: "d0c000000002", Tenant: "default", Network: "web"}),
+		endpointKey("default", "dweb"):                    mustJSON(core.Endpoint{Tenant: "default", Network: "web", Name: "dweb", IP: "10.5.0.201", MAC: "02:00:00:00:00:0a", Host: "h1", DockerEndpoint: "e1"}),
+		ipKey("default", "web", "10.5.0.201"):             "dweb",
+		tenantKey("blue"):                                 mustJSON(core.Tenant{Name: "blue"}),
+		networkKey("blue", "docker-d0c000000003"):         mustJSON(core.Network{Tenant: "blue", Name: "docker-d0c000000003", Driver: "linuxbridge", Encap: "vlan", Tag: 8, Subnet: "10.20.1.0/24", CreatedBy: "docker"}),
+		tagKey("vlan", 8):                                 "blue/docker-d0c000000003",
+		blockKey("default", "r", "10.8.0.32"):             "h3",
+		ipKey("default", "r", "10.8.0.33"):                "pending:h3:1",
+		networkKey("default", "empty"):                    mustJSON(core.Network{Tenant: "default", Name: "empty", Driver: "macvlan", Encap: "vlan", Tag: 9, Subnet: "10.30.0.0/24", Options: map[string]string{"parent": "eth1"}}),
+		tagKey("vlan", 9):                                 "default/empty",
 	} {
 		snap.kvs[k] = snapKV{val: v, rev: 2}
 	}
@@ -211,7 +215,7 @@ func checkStore(t *testing.T, snap *snapshot) {
 			if e, ok := v.eps[tenant+"/"+owner]; ok && e.Network == network && e.IP == ip {
 				continue
 			}
-			if !strings.HasPrefix(owner, pendingPrefix) && !strings.HasPrefix(owner, auxPrefix) {
+			if !strings.HasPrefix(owner, pendingPrefix) && !strings.HasPrefix(owner, heldPrefix) && !IsAux(owner) {
 				t.Fatalf("address %s of %s held by %q, no endpoint", ip, nk, owner)
 			}
 		}
