@@ -256,3 +256,40 @@ func TestRoutedBlockNeverLargerThanSubnet(t *testing.T) {
 		t.Fatalf("a third endpoint in a /30: %v", err)
 	}
 }
+
+// TestAttachmentValidated: a netns path escaping /var/run/netns, a host label
+// that is not a name, or a container reference JSON would rewrite is refused
+// when written — by create, attach and a document alike — and changes nothing.
+func TestAttachmentValidated(t *testing.T) {
+	s, _ := etcdtest.Store(t)
+	ctx := context.Background()
+	if _, err := s.CreateNetwork(ctx, core.Network{Name: "n", Subnet: "10.2.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateEndpoint(ctx, core.Endpoint{Network: "n", Name: "e"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	before := etcdtest.Dump(t, s)
+	for _, a := range []state.Attachment{
+		{NetNS: "/var/run/netns/../../../proc/1/ns/net"},
+		{NetNS: "a/b"},
+		{NetNS: "ns1", Host: "bad host"},
+		{ContainerName: "web\x001"},
+		{ContainerName: "web\xff"},
+	} {
+		if _, err := s.CreateEndpoint(ctx, core.Endpoint{Network: "n", Name: "x", NetNS: a.NetNS, Host: a.Host, ContainerName: a.ContainerName, ContainerID: a.ContainerName}, 0); !errors.Is(err, core.ErrInvalid) {
+			t.Errorf("create with %+v: %v", a, err)
+		}
+		if _, err := s.Attach(ctx, "default", "e", a); !errors.Is(err, core.ErrInvalid) {
+			t.Errorf("attach %+v: %v", a, err)
+		}
+		d := state.Document{Tenants: []state.TenantDocument{{Name: "default", Networks: []state.NetworkDocument{{Name: "n",
+			Endpoints: []state.EndpointDocument{{Name: "e", NetNS: a.NetNS, Host: a.Host, Container: a.ContainerName}}}}}}}
+		if _, err := s.Apply(ctx, d, "h1"); !errors.Is(err, core.ErrInvalid) {
+			t.Errorf("document with %+v: %v", a, err)
+		}
+	}
+	if etcdtest.Dump(t, s) != before {
+		t.Fatal("refusals changed the store")
+	}
+}
