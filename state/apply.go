@@ -146,7 +146,10 @@ func (s *Store) planApply(ctx context.Context, d Document, defaultHost string) (
 		return p, err
 	}
 	if d.Global != nil {
-		if err := core.ValidateGlobal(mergeGlobal(g, *d.Global)); err != nil {
+		// The document's networks are created after its global is written,
+		// so they are checked against the merged one (its default tag type).
+		g = mergeGlobal(g, *d.Global)
+		if err := core.ValidateGlobal(g); err != nil {
 			return p, err
 		}
 	}
@@ -319,6 +322,9 @@ func mergeGlobal(g, upd core.Global) core.Global {
 	if upd.DefaultDriver != "" {
 		g.DefaultDriver = upd.DefaultDriver
 	}
+	if upd.DefaultTagType != "" {
+		g.DefaultTagType = upd.DefaultTagType
+	}
 	if upd.SubnetPool != "" {
 		g.SubnetPool = upd.SubnetPool
 	}
@@ -333,9 +339,7 @@ func completeForCheck(n core.Network, g core.Global) (core.Network, error) {
 	if n.Driver == "" {
 		n.Driver = g.DefaultDriver
 	}
-	if n.Encap == "" {
-		n.Encap = core.EncapVLAN
-	}
+	n.Encap = g.TagType(n.Encap)
 	if n.Subnet == "" {
 		if n.Gateway != "" {
 			return n, fmt.Errorf("%w: gateway needs a subnet", core.ErrInvalid)

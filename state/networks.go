@@ -14,8 +14,8 @@ import (
 // maxRetries bounds optimistic transactions that lost a race.
 const maxRetries = 64
 
-// CreateNetwork adds a network. Empty Driver, Encap, Tag and Subnet are filled
-// from the global configuration; the tag and the subnet are allocated in the
+// CreateNetwork adds a network. Empty Driver, Encap (tag type), Tag and Subnet
+// are filled from the global configuration; the tag and the subnet are allocated in the
 // same transaction that writes the network.
 func (s *Store) CreateNetwork(ctx context.Context, n core.Network) (core.Network, error) {
 	if n.Tenant == "" {
@@ -37,9 +37,7 @@ func (s *Store) CreateNetwork(ctx context.Context, n core.Network) (core.Network
 	if n.Driver == "" {
 		n.Driver = g.DefaultDriver
 	}
-	if n.Encap == "" {
-		n.Encap = core.EncapVLAN
-	}
+	n.Encap = g.TagType(n.Encap)
 	if n.Encap != core.EncapVLAN && n.Encap != core.EncapVXLAN {
 		return n, fmt.Errorf("%w: tag type %q: want vlan or vxlan", core.ErrInvalid, n.Encap)
 	}
