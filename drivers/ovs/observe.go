@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 
@@ -52,7 +53,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 	}
 	recs := map[string]netRecord{}
 	onBridge := map[ovsdb.UUID]bool{}
-	if br != nil && ours(br.ext) {
+	if br != nil && d.ours(br.ext) {
 		recs = records(br.ext)
 		for _, u := range br.ports {
 			onBridge[u] = true
@@ -83,9 +84,14 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 		name, _ := r.GetString("name")
 		ofports[name], _ = r.GetInt("ofport")
 	}
+	var foreign []string
 	for _, r := range res[1].Rows {
 		p := toPort(r)
 		if p == nil || p.ext[extEndpoint] == "" {
+			continue
+		}
+		if h, other := d.otherHost(p.ext); other {
+			foreign = append(foreign, p.name+"@"+h)
 			continue
 		}
 		key := p.ext[extEndpoint]
@@ -106,6 +112,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 		o.Healthy = healthy
 		a.Endpoints[key] = o
 	}
+	d.reportForeign(foreign)
 	// A veth of ours whose port is gone (deleted by hand, or a crash between
 	// link and port) is an unhealthy endpoint: Ensure puts the port back.
 	for _, l := range links {
@@ -118,4 +125,22 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 		}
 	}
 	return a, nil
+}
+
+// reportForeign logs, when the set changes, the endpoint ports another host
+// label's agent made on this OVS: after a change of --host-label they are
+// left alone, not swept away, and the operator is told.
+func (d *Driver) reportForeign(ports []string) {
+	slices.Sort(ports)
+	key := strings.Join(ports, ",")
+	d.foreignMu.Lock()
+	defer d.foreignMu.Unlock()
+	if key == d.foreign {
+		return
+	}
+	d.foreign = key
+	if len(ports) > 0 {
+		d.log.WithField("ports", key).Warn("OVS ports of another netplugin host label found; leaving them alone " +
+			"(delete them, or run their agent with its own --host-label)")
+	}
 }
