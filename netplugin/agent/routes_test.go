@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/drivers/linuxbridge"
 	"github.com/netplugin/netplugin/internal/etcdtest"
@@ -45,7 +47,7 @@ func TestRoutedNetworkRouteDistribution(t *testing.T) {
 		stores[h] = s
 		actx, cancel := context.WithCancel(ctx)
 		a := agent.New(agent.Config{Host: h, VTEP: fmt.Sprintf("10.85.0.%d", i+1), RouteNetNS: nstest.Path(h), Store: s,
-			Drivers: map[string]core.Driver{linuxbridge.Name: linuxbridge.New(etcdtest.Log(t), h)},
+			Drivers: map[string]core.Driver{linuxbridge.Name: mustLinuxbridge(t, etcdtest.Log(t), h)},
 			Resync:  300 * time.Millisecond, LeaseTTL: 2, Log: etcdtest.Log(t)})
 		done := make(chan struct{})
 		go func() { defer close(done); _ = a.Run(actx) }()
@@ -119,4 +121,14 @@ func TestRoutedNetworkRouteDistribution(t *testing.T) {
 	}
 	waitRoutes(hosts[0], nil, []string{"10.86.0."})
 	waitRoutes(hosts[1], nil, []string{"10.86.0."})
+}
+
+// mustLinuxbridge is a host-local linuxbridge driver for the agent of host.
+func mustLinuxbridge(t *testing.T, log *logrus.Entry, host string) *linuxbridge.Driver {
+	t.Helper()
+	d, err := linuxbridge.New(log, linuxbridge.Config{Host: host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
