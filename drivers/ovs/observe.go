@@ -85,6 +85,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 		ofports[name], _ = r.GetInt("ofport")
 	}
 	var foreign []string
+	foreignPort := map[string]bool{}
 	for _, r := range res[1].Rows {
 		p := toPort(r)
 		if p == nil || p.ext[extEndpoint] == "" {
@@ -92,6 +93,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 		}
 		if h, other := d.otherHost(p.ext); other {
 			foreign = append(foreign, p.name+"@"+h)
+			foreignPort[p.name] = true
 			continue
 		}
 		key := p.ext[extEndpoint]
@@ -117,7 +119,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 	// link and port) is an unhealthy endpoint: Ensure puts the port back.
 	for _, l := range links {
 		f, ok := nl.ParseAlias(l.Attrs().Alias, kindEP, 2)
-		if !ok {
+		if !ok || foreignPort[l.Attrs().Name] { // the veth of another label's port is that agent's
 			continue
 		}
 		if _, seen := a.Endpoints[f[1]]; !seen {
