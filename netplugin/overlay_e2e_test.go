@@ -205,3 +205,153 @@ func TestHostGraceKeepsTraffic(t *testing.T) {
 		t.Fatalf("entries after h2 came back: %v", got)
 	}
 }
+
+// ovsFlows lists the flows netplugin programmed on h's tunnel bridge (none
+// when the bridge does not exist).
+func (h *fleetHost) ovsFlows(t *testing.T) []string {
+	t.Helper()
+	out, err := h.ovs.Command(t.Context(), "ovs-ofctl", "dump-flows", "unix:"+h.ovs.Dir+"/np-tun.mgmt").CombinedOutput()
+	if err != nil {
+		return nil
+	}
+	var flows []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "cookie=0x6e70") {
+			flows = append(flows, strings.TrimSpace(l))
+		}
+	}
+	return flows
+}
+
+// echoesSeen counts the ICMP echo requests inside VXLAN packets that h's
+// underlay port receives while during runs.
+func (h *fleetHost) echoesSeen(t *testing.T, during func()) int {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", h.name, "tcpdump", "-l", "-n", "-i", "ul0", "udp", "port", "4789")
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // tcpdump needs a moment to listen
+	during()
+	time.Sleep(300 * time.Millisecond)
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	_ = cmd.Wait()
+	return strings.Count(out.String(), "ICMP echo request")
+}
+
+// TestOVSVXLANThreeHosts: three hosts, each its own OVS and agent. Network x
+// has endpoints on all three, network y (another tenant, same subnet) on h1
+// and h2 only. Frames to a remote MAC go to the one VTEP holding it (h3 sees
+// none of the traffic between h1 and h2), flooding and tunnels only reach the
+// hosts of the network: h3 has no flow of y, and no flow of y points at it.
+// The flows are counted exactly; MTU is the underlay's less 50; everything is
+// removed with the last endpoints, and every row carries its host's label.
+func TestOVSVXLANThreeHosts(t *testing.T) {
+	if _, err := exec.LookPath("tcpdump"); err != nil {
+		t.Skip("needs tcpdump")
+	}
+	f := newFleet(t, fleetOpts{hosts: 3, net: "10.96.0", mtu: 1400, ovs: true})
+	for _, h := range f.hosts {
+		h.start()
+	}
+	h1, h2, h3 := f.hosts[0], f.hosts[1], f.hosts[2]
+	tx, ty := f.p+"x", f.p+"y"
+	for tn, tag := range map[string]string{tx: "7001", ty: "7002"} {
+		f.netdcli("-oper", "create", "-construct", "tenant", tn)
+		f.netdcli("-oper", "create", "-construct", "network", "-tenant", tn, "-driver", "ovs", "-tag-type", "vxlan", "-tag", tag,
+			"-subnet", "10.97.0.0/24", "net")
+	}
+	x := []string{
+		f.endpoint(tx, "net", "x1", "10.97.0.1", h1),
+		f.endpoint(tx, "net", "x2", "10.97.0.2", h2),
+		f.endpoint(tx, "net", "x3", "10.97.0.3", h3),
+	}
+	y := []string{
+		f.endpoint(ty, "net", "y1", "10.97.0.11", h1),
+		f.endpoint(ty, "net", "y2", "10.97.0.12", h2),
+	}
+	f.waitUp(tx, 3)
+	f.waitUp(ty, 2)
+	ipsX := []string{"10.97.0.1", "10.97.0.2", "10.97.0.3"}
+	ovsWaitFor(t, 20*time.Second, "x1 reaches x3 across hosts", func() bool { return nstest.Ping(x[0], ipsX[2]) })
+	pingAll(t, x, ipsX)
+	pingAll(t, y, []string{"10.97.0.11", "10.97.0.12"})
+	for _, ns := range x {
+		nstest.MustNotPing(t, ns, "10.97.0.11")
+		nstest.MustNotPing(t, ns, "10.97.0.12")
+	}
+
+	// 3 drops, 1 from the patch port, 1 per tunnel; per network 1 from each
+	// remote host of it, 1 per remote MAC, 1 flooding to its hosts.
+	want := map[*fleetHost]int{h1: 6 + 5 + 3, h2: 6 + 5 + 3, h3: 6 + 5}
+	for h, n := range want {
+		flows := h.ovsFlows(t)
+		if len(flows) != n {
+			t.Errorf("%s: %d flows, want %d:\n%s", h.name, len(flows), n, strings.Join(flows, "\n"))
+		}
+		for _, fl := range flows {
+			if h == h3 && strings.Contains(fl, "7002") {
+				t.Errorf("%s has a flow of network y, which has no endpoint there: %s", h.name, fl)
+			}
+		}
+	}
+	h3port := func(h *fleetHost) string {
+		return strings.TrimSpace(h.ovs.Vsctl(t, "get", "Interface", fmt.Sprintf("npt%02x%02x%02x%02x", 10, 96, 0, 3), "ofport"))
+	}
+	for _, h := range []*fleetHost{h1, h2} {
+		for _, fl := range h.ovsFlows(t) {
+			if strings.Contains(fl, "7002") && (strings.Contains(fl, "output:"+h3port(h)+",") || strings.HasSuffix(fl, "output:"+h3port(h)) ||
+				strings.Contains(fl, "in_port="+h3port(h)+",")) {
+				t.Errorf("%s: a flow of network y involves h3's tunnel: %s", h.name, fl)
+			}
+		}
+		if ext := h.ovs.Vsctl(t, "get", "Bridge", "np-int", "external_ids"); !strings.Contains(ext, `netplugin-host="`+h.name+`"`) &&
+			!strings.Contains(ext, "netplugin-host="+h.name) {
+			t.Errorf("%s: np-int not marked with its host label: %s", h.name, ext)
+		}
+	}
+
+	// Unicast: x1 -> x2 goes to h2 alone; h3, a host of the network, sees
+	// none of it, while it does see x1 -> x3 (so the capture works).
+	nstest.MustPing(t, x[0], ipsX[1])
+	burst := func(ip string) func() {
+		return func() { nstest.Exec(t, x[0], "ping", "-c", "50", "-i", "0.02", "-W", "1", ip) }
+	}
+	if n := h3.echoesSeen(t, burst(ipsX[1])); n != 0 {
+		t.Errorf("h3 received %d of the 50 echoes from x1 (h1) to x2 (h2)", n)
+	}
+	if n := h3.echoesSeen(t, burst(ipsX[2])); n < 50 {
+		t.Errorf("h3 received %d of the 50 echoes from x1 to x3, its own endpoint", n)
+	}
+
+	// MTU: br-phy's 1400 less 50.
+	if out := nstest.Exec(t, x[0], "ip", "link", "show", "eth0"); !strings.Contains(out, "mtu 1350") {
+		t.Fatalf("container MTU:\n%s", out)
+	}
+	if ok, out := dfPing(x[0], ipsX[2], 1350-28); !ok {
+		t.Fatalf("largest DF ping across hosts failed:\n%s", out)
+	}
+	if ok, out := dfPing(x[0], ipsX[2], 1350-28+1); ok || !strings.Contains(out, "message too long") {
+		t.Fatalf("oversized DF ping: %v\n%s", ok, out)
+	}
+
+	for tn, names := range map[string][]string{tx: {"x1", "x2", "x3"}, ty: {"y1", "y2"}} {
+		for _, n := range names {
+			f.netdcli("-oper", "delete", "-construct", "endpoint", "-tenant", tn, n)
+		}
+	}
+	for _, h := range f.hosts {
+		ovsWaitFor(t, 20*time.Second, "bridges of "+h.name+" removed", func() bool {
+			return strings.TrimSpace(h.ovs.Vsctl(t, "list-br")) == "br-phy"
+		})
+		if out := h.ovs.Vsctl(t, "--columns=name", "find", "Port", "external_ids:netplugin-owner=netplugin"); out != "" {
+			t.Errorf("%s: ports left: %s", h.name, out)
+		}
+		if flows := h.ovsFlows(t); len(flows) != 0 {
+			t.Errorf("%s: flows left: %v", h.name, flows)
+		}
+		ovsWaitFor(t, 10*time.Second, "links of "+h.name+" removed", func() bool { return len(h.ourLinks()) == 0 })
+	}
+}

@@ -218,6 +218,21 @@ func TestVXLANAcrossHosts(t *testing.T) {
 		t.Fatalf("oversized DF ping: %v\n%s", err, out)
 	}
 
+	// A link handed off to Docker has the MTU before Docker takes it.
+	ho := mk("ho", "10.88.1.9", vxA, 9)
+	on(t, h1.ns, func() {
+		name, err := h1.drv.PrepareHandOff(context.Background(), ho)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out := nstest.Exec(t, h1.ns, "ip", "link", "show", name); !strings.Contains(out, "mtu 1350") {
+			t.Errorf("handed-off link:\n%s", out)
+		}
+		if err := h1.drv.RemoveEndpoint(context.Background(), core.ObservedEndpoint{Key: ho.Key()}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	// ARP is answered from SetRemotes, not by flooding: without b's entries
 	// (its host still there) a, its cache flushed, cannot reach b.
 	h1.setRemotes(t, map[string]core.NetRemotes{vxA.Key(): {Hosts: []core.Peer{{Name: h2.ns, VTEP: h2.vtep}}}, vxB.Key(): remotesAt(h2, c)[vxB.Key()]})
