@@ -2,23 +2,19 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
-
 	"github.com/netplugin/netplugin/core"
+	"github.com/netplugin/netplugin/internal/nl"
 	"github.com/netplugin/netplugin/internal/nstest"
 	"github.com/netplugin/netplugin/internal/ovstest"
 )
@@ -239,7 +235,7 @@ func (h *fleetHost) stop(sig syscall.Signal) {
 
 // healthy asks the agent's /healthz, which listens inside the host's namespace.
 func (h *fleetHost) healthy() bool {
-	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: dialIn(nstest.Path(h.name))}}
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: nl.DialIn(nstest.Path(h.name))}}
 	r, err := c.Get("http://127.0.0.1:9090/healthz")
 	if err != nil {
 		return false
@@ -247,35 +243,6 @@ func (h *fleetHost) healthy() bool {
 	defer r.Body.Close()
 	_, _ = io.Copy(io.Discard, r.Body)
 	return r.StatusCode == http.StatusOK
-}
-
-// dialIn dials from inside the namespace at path: the socket is made on a
-// thread switched into it, and keeps that namespace afterwards.
-func dialIn(path string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			return nil, err
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
-			return nil, err
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			return nil, err
-		}
-		defer func() {
-			if err := netns.Set(orig); err != nil {
-				panic(err) // never hand a thread in the wrong namespace back to the runtime
-			}
-		}()
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
-	}
 }
 
 // ourLinks lists the links in h's namespace marked as netplugin's.
