@@ -32,6 +32,9 @@ func (d *Driver) SetRemotes(ctx context.Context, remotes map[string]core.NetRemo
 	d.mu.Lock()
 	d.remotes = maps.Clone(remotes)
 	d.mu.Unlock()
+	if d.vtep == nil {
+		return nil // no VXLAN device on this host
+	}
 	return d.syncForwarding(remotes, "")
 }
 

@@ -392,8 +392,8 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 	for _, l := range links {
 		attrs := l.Attrs()
 		if f, ok := nl.ParseAlias(attrs.Alias, d.kindNet, 2); ok {
-			fp, want, _ := strings.Cut(f[0], "+")
-			if !d.uplinkHealthy(want, ups[f[1]], attrs.Index) {
+			fp, encap, _ := strings.Cut(f[0], "+")
+			if !d.uplinkHealthy(encap, ups[f[1]], attrs.Index) {
 				fp = ""
 			}
 			a.Networks[f[1]] = core.ObservedNetwork{Key: f[1], Fingerprint: fp}
