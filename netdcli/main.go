@@ -59,7 +59,11 @@ func newApp(out io.Writer, in io.Reader) *cli.App {
 			&cli.StringFlag{Name: "vxlans", Usage: "global VXLAN range, e.g. 1-10000"},
 			&cli.StringFlag{Name: "subnet-pool", Usage: "global pool auto subnets come from"},
 			&cli.IntFlag{Name: "subnet-len", Usage: "prefix length of auto subnets"},
-			&cli.StringFlag{Name: "etcd-url", Value: "http://127.0.0.1:2379", Usage: "etcd endpoints, comma separated", EnvVars: []string{"NETPLUGIN_ETCD"}},
+			&cli.StringFlag{Name: "etcd-url", Value: state.DefaultEndpoints[0], Usage: "etcd endpoints, comma separated", EnvVars: []string{"NETPLUGIN_ETCD"}},
+			&cli.StringFlag{Name: "etcd-cacert", EnvVars: []string{"NETPLUGIN_ETCD_CACERT"}, Usage: "CA of the etcd cluster (default: what the local agent published)"},
+			&cli.StringFlag{Name: "etcd-cert", EnvVars: []string{"NETPLUGIN_ETCD_CERT"}, Usage: "etcd client certificate"},
+			&cli.StringFlag{Name: "etcd-key", EnvVars: []string{"NETPLUGIN_ETCD_KEY"}, Usage: "key of -etcd-cert"},
+			&cli.StringFlag{Name: "run-dir", Value: state.DefaultRunDir, EnvVars: []string{"NETPLUGIN_RUN_DIR"}, Usage: "where a local agent publishes its embedded etcd's certificates"},
 			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Second, Usage: "how long to wait for etcd"},
 			&cli.StringFlag{Name: "docker-socket", Value: "/var/run/docker.sock", Usage: "Docker API socket, to check containers on this host"},
 			&cli.StringFlag{Name: "cfg", Usage: "apply a whole desired-state JSON document (FILE or - for stdin)"},
@@ -79,7 +83,9 @@ func dispatch(c *cli.Context, out io.Writer, in io.Reader) error {
 	}
 	log := logrus.NewEntry(logrus.New())
 	log.Logger.SetOutput(io.Discard)
-	s, err := state.Connect(ctx, strings.Split(c.String("etcd-url"), ","), c.Duration("timeout"), log)
+	endpoints, files := state.ResolveTLS(c.String("run-dir"), strings.Split(c.String("etcd-url"), ","),
+		state.TLSFiles{CA: c.String("etcd-cacert"), Cert: c.String("etcd-cert"), Key: c.String("etcd-key")})
+	s, err := state.Connect(ctx, endpoints, c.Duration("timeout"), log, state.WithTLS(files))
 	if err != nil {
 		return err
 	}

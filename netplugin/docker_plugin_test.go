@@ -11,7 +11,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/netplugin/netplugin/internal/etcdtest"
 	"github.com/netplugin/netplugin/internal/nstest"
 	"github.com/netplugin/netplugin/internal/testenv"
 	"github.com/netplugin/netplugin/state"
@@ -38,12 +37,7 @@ func startPluginEnv(t *testing.T, dk *testenv.Docker, p string, extra ...string)
 	e := &pluginEnv{t: t, dk: dk, name: p, host: p + "-host"}
 	e.d = newDaemon(t, e.host, append([]string{"--docker-socket", dk.Socket(), "--docker-plugin", p}, extra...)...)
 	e.d.start()
-	s, err := state.Connect(context.Background(), []string{e.d.etcdURL}, 5*time.Second, etcdtest.Log(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	e.store = s
+	e.store = e.d.store()
 	return e
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/netplugin/netplugin/drivers/linuxbridge"
 	"github.com/netplugin/netplugin/internal/etcdtest"
 	"github.com/netplugin/netplugin/internal/nstest"
+	"github.com/netplugin/netplugin/state"
 )
 
 // bins holds the binaries under test, built once by TestMain: the end-to-end
@@ -53,10 +55,10 @@ type daemon struct {
 
 func newDaemon(t *testing.T, host string, extra ...string) *daemon {
 	d := &daemon{t: t,
-		etcdURL: fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t)),
+		etcdURL: fmt.Sprintf("https://127.0.0.1:%d", etcdtest.FreePort(t)),
 		listen:  fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))}
 	d.args = append([]string{"--data-dir", t.TempDir(), "--etcd-client-url", d.etcdURL,
-		"--etcd-peer-url", fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t)),
+		"--etcd-peer-url", fmt.Sprintf("https://127.0.0.1:%d", etcdtest.FreePort(t)),
 		"--host-label", host, "--listen", d.listen, "--resync", "1s", "--docker-plugin", ""}, extra...)
 	t.Cleanup(func() {
 		d.stop(syscall.SIGTERM)
@@ -65,7 +67,10 @@ func newDaemon(t *testing.T, host string, extra ...string) *daemon {
 		}
 		// The drivers' records of this host label (empty once its endpoints are gone).
 		for _, drv := range []string{"macvlan", "ipvlan", "hostnic"} {
-			_ = os.RemoveAll(stateDir(drv, host))
+			_ = os.RemoveAll(stateDir(state.DefaultRunDir, drv, host))
+		}
+		for _, f := range []string{".lease", ".lock"} {
+			_ = os.Remove(filepath.Join(state.DefaultRunDir, "agent", host+f))
 		}
 	})
 	return d
@@ -102,6 +107,18 @@ func (d *daemon) stop(sig syscall.Signal) {
 	_ = d.cmd.Process.Signal(sig)
 	_ = d.cmd.Wait()
 	d.cmd = nil
+}
+
+// store is a client of d's embedded etcd, with the certificates d published.
+func (d *daemon) store() *state.Store {
+	d.t.Helper()
+	eps, files := state.ResolveTLS(state.DefaultRunDir, []string{d.etcdURL}, state.TLSFiles{})
+	s, err := state.Connect(context.Background(), eps, 5*time.Second, etcdtest.Log(d.t), state.WithTLS(files))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.t.Cleanup(func() { _ = s.Close() })
+	return s
 }
 
 func (d *daemon) netdcli(args ...string) string {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -27,6 +28,7 @@ import (
 	"github.com/netplugin/netplugin/drivers/macvlan"
 	"github.com/netplugin/netplugin/drivers/ovs"
 	"github.com/netplugin/netplugin/internal/docker"
+	"github.com/netplugin/netplugin/internal/pki"
 	"github.com/netplugin/netplugin/mgmtfn"
 	"github.com/netplugin/netplugin/netplugin/agent"
 	"github.com/netplugin/netplugin/state"
@@ -38,10 +40,14 @@ func main() {
 		Name:  "netplugin",
 		Usage: "per-host agent of the netplugin container network control plane",
 		Flags: []cli.Flag{
-			&cli.StringSliceFlag{Name: "etcd-endpoints", Usage: "etcd cluster to use; none: run an embedded etcd"},
-			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/netplugin", Usage: "embedded etcd data"},
-			&cli.StringFlag{Name: "etcd-client-url", Value: "http://127.0.0.1:2379", Usage: "embedded etcd client URL"},
-			&cli.StringFlag{Name: "etcd-peer-url", Value: "http://127.0.0.1:2380", Usage: "embedded etcd peer URL"},
+			&cli.StringSliceFlag{Name: "etcd-endpoints", Usage: "etcd cluster to use (every member); none: run an embedded etcd"},
+			&cli.StringFlag{Name: "etcd-cacert", Usage: "CA of the etcd cluster's certificates"},
+			&cli.StringFlag{Name: "etcd-cert", Usage: "this host's etcd client certificate"},
+			&cli.StringFlag{Name: "etcd-key", Usage: "key of --etcd-cert"},
+			&cli.StringFlag{Name: "data-dir", Value: "/var/lib/netplugin", Usage: "embedded etcd data and its certificates (pki/)"},
+			&cli.StringFlag{Name: "etcd-client-url", Value: "https://127.0.0.1:2379", Usage: "embedded etcd client URL (TLS only)"},
+			&cli.StringFlag{Name: "etcd-peer-url", Value: "https://127.0.0.1:2380", Usage: "embedded etcd peer URL (TLS only)"},
+			&cli.StringFlag{Name: "run-dir", Value: state.DefaultRunDir, EnvVars: []string{"NETPLUGIN_RUN_DIR"}, Usage: "driver records and the local etcd's certificate map (root only)"},
 			&cli.StringFlag{Name: "host-label", Value: host, Usage: "this host's name in endpoint specs"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:9090", Usage: "health and Prometheus metrics address; empty: off"},
 			&cli.StringFlag{Name: "docker-socket", Value: "/var/run/docker.sock", Usage: "Docker Engine API socket, to find containers' namespaces"},
@@ -58,6 +64,8 @@ func main() {
 			&cli.StringFlag{Name: "uplink", Usage: "linuxbridge driver: interface whose 802.1Q subinterfaces carry the VLAN networks to other hosts (never taken implicitly)"},
 			&cli.DurationFlag{Name: "host-grace", Value: 30 * time.Second, Usage: "how long a host whose lease expired keeps its tunnels, routes and forwarding entries here"},
 			&cli.DurationFlag{Name: "resync", Value: 10 * time.Second, Usage: "full resync period"},
+			&cli.IntFlag{Name: "lease-ttl", Value: 10, Usage: "seconds this host stays registered (and its status visible) after its agent stops renewing"},
+			&cli.BoolFlag{Name: "adopt-cluster", Usage: "take the store's cluster ID although this host was programmed from another etcd cluster"},
 			&cli.IntFlag{Name: "workers", Value: 4, Usage: "endpoints programmed in parallel"},
 			&cli.BoolFlag{Name: "debug", Aliases: []string{"d"}, Usage: "debug logging"},
 		},
@@ -77,27 +85,33 @@ func run(c *cli.Context) error {
 	log := logrus.NewEntry(logger)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// The label is part of etcd keys, link marks and state paths.
+	if err := core.ValidName("host label", c.String("host-label")); err != nil {
+		return fmt.Errorf("--host-label: %w", err)
+	}
+
+	// One agent per host label per machine: a second one would fight the
+	// first over the same links. The lock goes with the process.
+	unlock, err := lockHost(c.String("run-dir"), c.String("host-label"))
+	if err != nil {
+		return err
+	}
+	defer unlock()
 
 	endpoints := c.StringSlice("etcd-endpoints")
+	tlsFiles := state.TLSFiles{CA: c.String("etcd-cacert"), Cert: c.String("etcd-cert"), Key: c.String("etcd-key")}
 	if len(endpoints) == 0 {
-		dir := filepath.Join(c.String("data-dir"), "etcd")
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return fmt.Errorf("data dir: %w", err)
-		}
-		zl, err := zap.NewProduction(zap.IncreaseLevel(zap.ErrorLevel))
-		if err != nil {
-			return fmt.Errorf("etcd logger: %w", err)
-		}
-		e, err := state.StartEmbedded(ctx, state.EmbeddedConfig{DataDir: dir, Logger: zl,
-			ClientURL: c.String("etcd-client-url"), PeerURL: c.String("etcd-peer-url")})
+		e, files, unpublish, err := startEmbedded(ctx, c, log)
 		if err != nil {
 			return err
 		}
 		defer e.Close()
-		endpoints = []string{e.Endpoint()}
-		log.WithField("url", e.Endpoint()).Info("embedded etcd started")
+		defer unpublish()
+		endpoints, tlsFiles = []string{e.Endpoint()}, files
+	} else {
+		endpoints, tlsFiles = state.ResolveTLS(c.String("run-dir"), endpoints, tlsFiles)
 	}
-	store, err := connect(ctx, endpoints, log)
+	store, err := connect(ctx, endpoints, tlsFiles, log)
 	if err != nil {
 		return err
 	}
@@ -116,14 +130,14 @@ func run(c *cli.Context) error {
 		case ipvlan.Name:
 			drivers[name] = ipvlan.New(log, ipvlan.Config{Host: c.String("host-label")})
 		case macvlan.Name:
-			d, err := macvlan.New(log, macvlan.Config{StateDir: stateDir(macvlan.Name, c.String("host-label"))})
+			d, err := macvlan.New(log, macvlan.Config{StateDir: stateDir(c.String("run-dir"), macvlan.Name, c.String("host-label"))})
 			if err != nil {
 				return err
 			}
 			defer d.Close()
 			drivers[name] = d
 		case hostnic.Name:
-			d, err := hostnic.New(log, hostnic.Config{StateDir: stateDir(hostnic.Name, c.String("host-label")), Host: c.String("host-label")})
+			d, err := hostnic.New(log, hostnic.Config{StateDir: stateDir(c.String("run-dir"), hostnic.Name, c.String("host-label")), Host: c.String("host-label")})
 			if err != nil {
 				return err
 			}
@@ -148,6 +162,9 @@ func run(c *cli.Context) error {
 		Host: c.String("host-label"), VTEP: c.String("vtep-ip"), Store: store, Drivers: drivers,
 		Containers: dk,
 		Resync:     c.Duration("resync"), Workers: c.Int("workers"), HostGrace: c.Duration("host-grace"), Log: log, Metrics: metrics,
+		LeaseTTL: c.Int("lease-ttl"), AdoptCluster: c.Bool("adopt-cluster"),
+		LeaseFile:   filepath.Join(c.String("run-dir"), "agent", c.String("host-label")+".lease"),
+		ClusterFile: filepath.Join(c.String("data-dir"), "cluster-id"),
 	})
 	if addr := c.String("listen"); addr != "" {
 		srv := &http.Server{Addr: addr, Handler: handler(a, metrics), ReadHeaderTimeout: 5 * time.Second}
@@ -176,14 +193,85 @@ func run(c *cli.Context) error {
 // is on /run: it must survive an agent crash, and like the namespaces it
 // describes it does not survive a reboot. Per host label, so that agents sharing
 // a kernel keep apart.
-func stateDir(driver, host string) string {
-	return filepath.Join("/run/netplugin", driver, strings.ReplaceAll(host, "/", "_"))
+func stateDir(runDir, driver, host string) string {
+	return filepath.Join(runDir, driver, host)
+}
+
+// startEmbedded runs the single-host etcd, closed to everyone without the
+// client certificate it makes on first start under --data-dir/pki (root only),
+// and publishes under --run-dir which certificates open it, so that root's
+// netdcli on this host needs no flags.
+func startEmbedded(ctx context.Context, c *cli.Context, log *logrus.Entry) (*state.Embedded, state.TLSFiles, func(), error) {
+	var none state.TLSFiles
+	cu, err := url.Parse(c.String("etcd-client-url"))
+	if err != nil {
+		return nil, none, nil, fmt.Errorf("--etcd-client-url: %w", err)
+	}
+	if cu.Scheme != "https" {
+		return nil, none, nil, fmt.Errorf("--etcd-client-url %s: the embedded etcd serves TLS only (client certificates required): use https://", cu)
+	}
+	pu, err := url.Parse(c.String("etcd-peer-url"))
+	if err != nil {
+		return nil, none, nil, fmt.Errorf("--etcd-peer-url: %w", err)
+	}
+	pk, err := pki.EnsureLocal(filepath.Join(c.String("data-dir"), "pki"), []string{cu.Hostname(), pu.Hostname()}, "root")
+	if err != nil {
+		return nil, none, nil, err
+	}
+	dir := filepath.Join(c.String("data-dir"), "etcd")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, none, nil, fmt.Errorf("data dir: %w", err)
+	}
+	zl, err := zap.NewProduction(zap.IncreaseLevel(zap.ErrorLevel))
+	if err != nil {
+		return nil, none, nil, fmt.Errorf("etcd logger: %w", err)
+	}
+	e, err := state.StartEmbedded(ctx, state.EmbeddedConfig{DataDir: dir, Logger: zl,
+		ClientURL: cu.String(), PeerURL: pu.String(),
+		TLS: &state.ServerTLS{CA: pk.CA, Cert: pk.ServerCert, Key: pk.Server}})
+	if err != nil {
+		return nil, none, nil, err
+	}
+	files := state.TLSFiles{CA: pk.CA, Cert: pk.ClientCert, Key: pk.Client}
+	unpublish, err := state.PublishLocal(c.String("run-dir"), state.LocalEtcd{Endpoint: e.Endpoint(), TLSFiles: files, PID: os.Getpid()})
+	if err != nil {
+		e.Close()
+		return nil, none, nil, err
+	}
+	log.WithField("url", e.Endpoint()).Info("embedded etcd started (client certificates required)")
+	return e, files, unpublish, nil
+}
+
+// lockHost takes an exclusive lock for host under runDir, held until the
+// process exits or unlock is called.
+func lockHost(runDir, host string) (func(), error) {
+	dir := filepath.Join(runDir, "agent")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("run dir: %w", err)
+	}
+	path := filepath.Join(dir, host+".lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		pid, _ := os.ReadFile(path)
+		f.Close()
+		return nil, fmt.Errorf("another netplugin with host label %q runs on this machine (pid %s, lock %s): stop it or give this one another --host-label",
+			host, strings.TrimSpace(string(pid)), path)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(fmt.Sprintf("%d\n", os.Getpid())), 0)
+	return func() { f.Close() }, nil
 }
 
 // connect retries: an agent started before etcd must wait for it, not exit.
-func connect(ctx context.Context, endpoints []string, log *logrus.Entry) (*state.Store, error) {
+func connect(ctx context.Context, endpoints []string, files state.TLSFiles, log *logrus.Entry) (*state.Store, error) {
 	for {
-		s, err := state.Connect(ctx, endpoints, 5*time.Second, log)
+		s, err := state.Connect(ctx, endpoints, 5*time.Second, log, state.WithTLS(files))
+		if errors.Is(err, core.ErrInvalid) {
+			return nil, err // bad TLS files do not get better by waiting
+		}
 		if err == nil {
 			return s, nil
 		}
@@ -201,7 +289,11 @@ func handler(a *agent.Agent, m *agent.Metrics) http.Handler {
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.Healthy() {
-			http.Error(w, "no successful sync recently", http.StatusServiceUnavailable)
+			why := a.Problem()
+			if why == "" {
+				why = "no successful sync recently"
+			}
+			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

@@ -13,6 +13,7 @@ import (
 
 	"github.com/netplugin/netplugin/internal/nstest"
 	"github.com/netplugin/netplugin/internal/testenv"
+	"github.com/netplugin/netplugin/state"
 )
 
 // TestDockerMacvlanAndHostNIC: the seed's drivers behind `docker network
@@ -91,7 +92,7 @@ func TestDockerMacvlanAndHostNIC(t *testing.T) {
 				left = append(left, "child "+l.Attrs().Name)
 			}
 		}
-		left = append(left, records(stateDir("macvlan", e.host))...)
+		left = append(left, records(stateDir(state.DefaultRunDir, "macvlan", e.host))...)
 		return strings.Join(append(left, e.allocated()...), ", ")
 	})
 
@@ -118,7 +119,7 @@ func TestDockerMacvlanAndHostNIC(t *testing.T) {
 		case l.Attrs().Alias != "":
 			return "alias " + l.Attrs().Alias
 		}
-		return strings.Join(records(stateDir("hostnic", e.host)), ", ")
+		return strings.Join(records(stateDir(state.DefaultRunDir, "hostnic", e.host)), ", ")
 	})
 	e.mustDocker("network", "rm", hn)
 	waitFor(t, "no IP left", func() string { return strings.Join(e.allocated(), ", ") })

@@ -9,7 +9,7 @@ export PATH="$PATH:/usr/local/go/bin:/usr/local/sbin:/usr/sbin:/sbin"
 
 dir=$(mktemp -d /tmp/np-demo-XXXXXX)
 sock=$dir/docker.sock
-export NETPLUGIN_ETCD=http://127.0.0.1:23790 # not 2379: leave a real install alone
+export NETPLUGIN_ETCD=https://127.0.0.1:23790 # not 2379: leave a real install alone
 host=demo-host
 np_pid=
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -20,7 +20,7 @@ cleanup() {
 	dk rm -f myContainer1 myContainer2 >/dev/null 2>&1
 	[ -n "$np_pid" ] && kill "$np_pid" 2>/dev/null && wait "$np_pid" 2>/dev/null
 	scripts/dockerd-down.sh "$dir" >/dev/null 2>&1
-	rm -rf "$dir" /run/netplugin/*/"$host"
+	[ -n "${KEEP:-}" ] || rm -rf "$dir" /run/netplugin/*/"$host"
 }
 trap cleanup EXIT
 
@@ -29,7 +29,7 @@ step "start a private dockerd (no bridge, no NAT) and import the busybox test im
 scripts/dockerd-up.sh "$dir" >/dev/null
 
 step "start the netplugin agent (embedded etcd)"
-bin/netplugin --data-dir "$dir/data" --etcd-client-url "$NETPLUGIN_ETCD" --etcd-peer-url http://127.0.0.1:23800 \
+bin/netplugin --data-dir "$dir/data" --etcd-client-url "$NETPLUGIN_ETCD" --etcd-peer-url https://127.0.0.1:23800 \
 	--host-label "$host" --docker-socket "$sock" --listen 127.0.0.1:23791 --resync 2s >"$dir/netplugin.log" 2>&1 &
 np_pid=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:23791/healthz >/dev/null 2>&1 && break; sleep 0.1; done

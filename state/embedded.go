@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -16,9 +17,16 @@ type EmbeddedConfig struct {
 	ClientURL string // e.g. http://127.0.0.1:2379
 	PeerURL   string // e.g. http://127.0.0.1:2380
 	Name      string
+	// TLS, when set, closes both listeners to anyone without a certificate
+	// signed by CA: clients and peers must present one (--client-cert-auth).
+	// Cert and Key serve both listeners. The URLs must be https then.
+	TLS *ServerTLS
 	// Logger receives etcd's own log; nil silences it (tests, benchmarks).
 	Logger *zap.Logger
 }
+
+// ServerTLS are the certificate files of an etcd server.
+type ServerTLS struct{ CA, Cert, Key string }
 
 // Embedded is an etcd server running inside this process.
 type Embedded struct {
@@ -41,6 +49,13 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 	pu, err := url.Parse(c.PeerURL)
 	if err != nil {
 		return nil, fmt.Errorf("peer URL %q: %w", c.PeerURL, err)
+	}
+	if c.TLS != nil {
+		if cu.Scheme != "https" || pu.Scheme != "https" {
+			return nil, fmt.Errorf("embedded etcd serves TLS only: use https:// URLs (have %s and %s)", c.ClientURL, c.PeerURL)
+		}
+		info := transport.TLSInfo{CertFile: c.TLS.Cert, KeyFile: c.TLS.Key, TrustedCAFile: c.TLS.CA, ClientCertAuth: true}
+		cfg.ClientTLSInfo, cfg.PeerTLSInfo = info, info
 	}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}

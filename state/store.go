@@ -32,21 +32,41 @@ type Store struct {
 }
 
 // Connect dials etcd and checks that it answers within timeout.
-func Connect(ctx context.Context, endpoints []string, timeout time.Duration, log *logrus.Entry) (*Store, error) {
+func Connect(ctx context.Context, endpoints []string, timeout time.Duration, log *logrus.Entry, opts ...ConnectOption) (*Store, error) {
+	var o connectOpts
+	for _, f := range opts {
+		f(&o)
+	}
 	if len(endpoints) == 0 {
 		endpoints = DefaultEndpoints
 	}
-	cli, err := clientv3.New(clientv3.Config{
+	cfg := clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: timeout,
 		Context:     ctx,
 		Logger:      zap.NewNop(),
-		// Keepalive makes a dead member noticed by long-lived watches.
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
-	})
+		// Keepalive makes a dead member noticed within seconds, by unary calls
+		// and by long-lived watches alike; the client then moves to another.
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: 2 * time.Second,
+		PermitWithoutStream:  true,
+	}
+	if !o.tls.IsZero() {
+		tc, err := o.tls.Config()
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", core.ErrInvalid, err)
+		}
+		cfg.TLS = tc
+		// The scheme is the config's to decide: a user may write either form.
+		cfg.Endpoints = make([]string, len(endpoints))
+		for i, e := range endpoints {
+			cfg.Endpoints[i] = "https://" + hostPort(e)
+		}
+	}
+	where := strings.Join(endpoints, ",")
+	cli, err := clientv3.New(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("%w: etcd at %s: %w", core.ErrUnavailable, strings.Join(endpoints, ","), err)
+		return nil, fmt.Errorf("%w: etcd at %s: %w", core.ErrUnavailable, where, err)
 	}
 	s := &Store{cli: cli, log: log, opTimeout: timeout}
 	cctx, cancel := context.WithTimeout(ctx, timeout)
@@ -54,7 +74,10 @@ func Connect(ctx context.Context, endpoints []string, timeout time.Duration, log
 	// A linearizable read proves a leader exists, which a bare dial does not.
 	if _, err := cli.Get(cctx, keyGlobal); err != nil {
 		_ = cli.Close()
-		return nil, fmt.Errorf("%w: etcd at %s did not answer within %s", core.ErrUnavailable, strings.Join(endpoints, ","), timeout)
+		if why := probeTLS(ctx, hostPort(endpoints[0]), cfg.TLS); why != "" {
+			return nil, fmt.Errorf("%w: etcd at %s refused the connection: %s", core.ErrUnavailable, where, why)
+		}
+		return nil, fmt.Errorf("%w: etcd at %s did not answer within %s", core.ErrUnavailable, where, timeout)
 	}
 	return s, nil
 }
