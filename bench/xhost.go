@@ -99,6 +99,7 @@ func (x *xhostEnv) host(i int) (string, error) {
 func (x *xhostEnv) agent(h, vtep string, extra ...string) error {
 	args := append([]string{"netns", "exec", h, x.b.netplugin, "--etcd-endpoints", "http://" + xhostNet + ".254:2379",
 		"--host-label", h, "--listen", "127.0.0.1:9090", "--resync", "10s", "--docker-plugin", "",
+		"--data-dir", filepath.Join(x.dir, h, "data"), "--run-dir", filepath.Join(x.dir, h, "run"),
 		"--docker-socket", "/nonexistent", "--vtep-ip", vtep}, extra...)
 	cmd := exec.Command("ip", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

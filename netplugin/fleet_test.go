@@ -74,7 +74,9 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 			"peer", "name", port, "mtu", fmt.Sprint(o.mtu), "netns", f.sw)
 		nstest.Exec(t, f.sw, "ip", "link", "set", port, "master", "br0", "up")
 		nstest.Exec(t, h.name, "ip", "link", "set", "ul0", "up")
+		// Each host its own data and run dirs, as on a machine of its own.
 		h.args = []string{"--etcd-endpoints", f.etcd, "--host-label", h.name, "--listen", "127.0.0.1:9090",
+			"--data-dir", t.TempDir(), "--run-dir", t.TempDir(),
 			"--resync", "1s", "--docker-plugin", "", "--docker-socket", "/nonexistent", "--vtep-ip", h.vtep}
 		if o.ovs {
 			// The userspace datapath sends tunnel packets itself, through a
