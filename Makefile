@@ -15,7 +15,7 @@ test:
 # What this machine's kernel lacks (ipvlan, 802.1Q, OVS datapath), tested under
 # Debian's stock kernel in qemu; make test runs it too.
 kernel-lab:
-	scripts/kernel-lab.sh ./lab/ ./drivers/ipvlan/ ./drivers/macvlan/
+	scripts/kernel-lab.sh ./lab/ ./drivers/ipvlan/ ./drivers/macvlan/ ./drivers/linuxbridge/
 
 demo: build
 	scripts/demo.sh

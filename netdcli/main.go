@@ -43,7 +43,7 @@ func newApp(out io.Writer, in io.Reader) *cli.App {
 			&cli.StringFlag{Name: "tenant", Value: core.DefaultTenant},
 			&cli.StringFlag{Name: "net-id", Usage: "network of an endpoint"},
 			&cli.IntFlag{Name: "tag", Usage: "VLAN tag or VNI; 0 = allocate"},
-			&cli.StringFlag{Name: "tag-type", Usage: "vlan (default) or vxlan"},
+			&cli.StringFlag{Name: "tag-type", Usage: "vlan or vxlan; empty = the global default (vlan unless set with -construct global -tag-type)"},
 			&cli.StringFlag{Name: "subnet", Usage: "network subnet CIDR; empty = allocate from the global pool"},
 			&cli.StringFlag{Name: "gw", Usage: "network gateway IP"},
 			&cli.StringFlag{Name: "driver", Usage: "network driver; empty = the global default"},
@@ -261,7 +261,7 @@ func (m *command) printPlan(p state.Plan) error {
 
 func (m *command) setGlobal(ctx context.Context) error {
 	g, err := m.s.SetGlobal(ctx, core.Global{VLANs: m.c.String("vlans"), VXLANs: m.c.String("vxlans"),
-		DefaultDriver: m.c.String("driver"), SubnetPool: m.c.String("subnet-pool"), SubnetLen: m.c.Int("subnet-len")})
+		DefaultDriver: m.c.String("driver"), DefaultTagType: m.c.String("tag-type"), SubnetPool: m.c.String("subnet-pool"), SubnetLen: m.c.Int("subnet-len")})
 	if err != nil {
 		return err
 	}

@@ -30,8 +30,8 @@ func (m *command) printGlobal(g core.Global) error {
 	if m.c.Bool("json") {
 		return m.printJSON(g)
 	}
-	return m.table("VLANS\tVXLANS\tDRIVER\tSUBNET POOL\tSUBNET LEN",
-		[][]string{{g.VLANs, g.VXLANs, g.DefaultDriver, g.SubnetPool, fmt.Sprint(g.SubnetLen)}})
+	return m.table("VLANS\tVXLANS\tDRIVER\tTAG TYPE\tSUBNET POOL\tSUBNET LEN",
+		[][]string{{g.VLANs, g.VXLANs, g.DefaultDriver, g.TagType(""), g.SubnetPool, fmt.Sprint(g.SubnetLen)}})
 }
 
 func (m *command) printTenants(ts []core.Tenant) error {
@@ -133,6 +133,9 @@ func statusText(v endpointView) string {
 		s := st.State + "@" + h
 		if st.Error != "" {
 			s += ": " + st.Error
+		}
+		if st.Note != "" {
+			s += " (" + st.Note + ")"
 		}
 		if !v.Attached() || h != v.Host {
 			s += " (being removed)" // the host has not caught up with a detach or move yet

@@ -122,9 +122,7 @@ func withDefaults(n core.Network, g core.Global) (core.Network, error) {
 			return n, fmt.Errorf("%w: option name %q", core.ErrInvalid, k)
 		}
 	}
-	if n.Encap == "" {
-		n.Encap = core.EncapVLAN
-	}
+	n.Encap = g.TagType(n.Encap)
 	if n.Encap != core.EncapVLAN && n.Encap != core.EncapVXLAN {
 		return n, fmt.Errorf("%w: tag type %q: want vlan or vxlan", core.ErrInvalid, n.Encap)
 	}

@@ -921,6 +921,9 @@ func mergeGlobal(g, upd core.Global) core.Global {
 	if upd.SubnetLen != 0 {
 		g.SubnetLen = upd.SubnetLen
 	}
+	if upd.DefaultTagType != "" {
+		g.DefaultTagType = upd.DefaultTagType
+	}
 	return g
 }
 

@@ -169,6 +169,9 @@ func (s *Store) SetGlobal(ctx context.Context, g core.Global) (core.Global, erro
 	if g.DefaultDriver != "" {
 		cur.DefaultDriver = g.DefaultDriver
 	}
+	if g.DefaultTagType != "" {
+		cur.DefaultTagType = g.DefaultTagType
+	}
 	if g.SubnetPool != "" {
 		cur.SubnetPool = g.SubnetPool
 	}

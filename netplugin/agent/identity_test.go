@@ -29,7 +29,7 @@ func runAgent(t *testing.T, s *state.Store, host string, cfg agent.Config) (*age
 	nstest.RemoveMarkedAtCleanup(t, host)
 	log := etcdtest.Log(t)
 	cfg.Host, cfg.Store, cfg.Log = host, s, log
-	cfg.Drivers = map[string]core.Driver{linuxbridge.Name: linuxbridge.New(log, host)}
+	cfg.Drivers = map[string]core.Driver{linuxbridge.Name: mustLinuxbridge(t, log, host)}
 	if cfg.Resync == 0 {
 		cfg.Resync = 300 * time.Millisecond
 	}
