@@ -126,8 +126,8 @@ func isolated(t testing.TB, from, to *ep) {
 
 // pinger is a ping running in the background, at a fixed interval.
 type pinger struct {
-	cmd *exec.Cmd
-	out bytes.Buffer
+	cmd  *exec.Cmd
+	out  bytes.Buffer
 	what string
 }
 
