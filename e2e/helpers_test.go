@@ -195,11 +195,17 @@ func (c *cluster) links(t testing.TB, h string) []string {
 	return l
 }
 
-// ovsPorts lists host h's OVS interfaces with their ofport, sorted.
-func (c *cluster) ovsPorts(t testing.TB, h string) []string {
+// ovsPorts lists host h's OVS interfaces with their ofport, sorted: with
+// tunnels false all but the VXLAN ports, with tunnels true only those.
+func (c *cluster) ovsPorts(t testing.TB, h string, tunnels bool) []string {
 	t.Helper()
-	out := c.exec(t, h, "ovs-vsctl", "--format=csv", "--no-headings", "--columns=name,ofport", "list", "Interface")
-	l := strings.Split(strings.TrimSpace(out), "\n")
+	out := c.exec(t, h, "ovs-vsctl", "--format=csv", "--no-headings", "--columns=name,ofport,type", "list", "Interface")
+	var l []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if strings.HasSuffix(line, ",vxlan") == tunnels {
+			l = append(l, line)
+		}
+	}
 	sort.Strings(l)
 	return l
 }
