@@ -104,17 +104,27 @@ func (c *cluster) etcdErrorCount(t testing.TB, h string) float64 {
 	return v
 }
 
-// everyHost runs f for every host at once.
-func (c *cluster) everyHost(f func(h string)) {
+// onEveryHost runs scripts/cluster ARGS... HOST-ARGS for every host at once
+// (e.g. "stop", h, "etcd") and fails the test if one of them fails.
+func (c *cluster) onEveryHost(t testing.TB, args func(h string) []string) {
+	t.Helper()
 	var wg sync.WaitGroup
-	for _, h := range c.hosts() {
+	errs := make([]error, c.n)
+	for i, h := range c.hosts() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f(h)
+			if out, err := c.try(args(h)...); err != nil {
+				errs[i] = fmt.Errorf("scripts/cluster %s: %w\n%s", strings.Join(args(h), " "), err, out)
+			}
 		}()
 	}
 	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // TestAgentRestartIsInvisibleAcrossHosts (system test 4): h2's agent is killed
@@ -245,7 +255,7 @@ func TestAllEtcdMembersDown(t *testing.T) {
 	// Intent written just before the outage.
 	late := &ep{tenant: p, net: "net", name: "late", host: "h3", ip: "10.66.0.9"}
 	c.addEP(t, p, late)
-	c.everyHost(func(h string) { c.run(t, "stop", h, "etcd") })
+	c.onEveryHost(t, func(h string) []string { return []string{"stop", h, "etcd"} })
 	down := time.Now()
 
 	start := time.Now()
@@ -278,7 +288,7 @@ func TestAllEtcdMembersDown(t *testing.T) {
 		})
 	time.Sleep(outage - time.Since(down))
 
-	c.everyHost(func(h string) { c.run(t, "start", h, "etcd") })
+	c.onEveryHost(t, func(h string) []string { return []string{"start", h, "etcd"} })
 	back := time.Now()
 	c.waitUp(t, 60*time.Second, append(eps, late)...)
 	for _, h := range c.hosts() {
