@@ -65,7 +65,7 @@ func (n Network) Key() string { return n.Tenant + "/" + n.Name }
 // mode: no L2 between hosts, each host owns a block of the subnet and the other
 // hosts route that block to its underlay address — and the blocks' prefix
 // length: Options["host-prefix"], or 4 bits longer than the subnet (16 hosts),
-// at most /28.
+// at most /28 unless the subnet itself is smaller.
 func (n Network) HostBlockLen() (int, bool) {
 	if n.Driver != "ipvlan" || n.Options["mode"] != "l3" {
 		return 0, false
@@ -78,7 +78,7 @@ func (n Network) HostBlockLen() (int, bool) {
 	if v, err := strconv.Atoi(n.Options["host-prefix"]); err == nil && v >= ones && v <= 30 {
 		return v, true
 	}
-	return min(ones+4, 28), true
+	return max(min(ones+4, 28), ones), true // a block is never larger than the subnet
 }
 
 // Endpoint is one interface of one container on one network.

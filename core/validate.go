@@ -57,6 +57,9 @@ func ValidateNetwork(n Network) error {
 	if ones, _ := sn.Mask.Size(); ones > 30 {
 		return fmt.Errorf("%w: subnet %s too small: at most /30", ErrInvalid, n.Subnet)
 	}
+	if err := checkOptions(n); err != nil {
+		return err
+	}
 	if n.Gateway != "" {
 		gw, err := ParseIPv4(n.Gateway)
 		if err != nil {
@@ -175,6 +178,50 @@ func ValidateGlobal(g Global) error {
 	ones, _ := pool.Mask.Size()
 	if g.SubnetLen < ones || g.SubnetLen > 30 {
 		return fmt.Errorf("%w: subnet length /%d must lie between the pool's /%d and /30", ErrInvalid, g.SubnetLen, ones)
+	}
+	return nil
+}
+
+// DriverOptions returns the options a built-in driver understands, and false
+// for a driver netplugin does not have. The drivers check values; keys are
+// checked here too, so that a typo is refused when the network is created,
+// not reported by every agent later.
+func DriverOptions(driver string) ([]string, bool) {
+	switch driver {
+	case "linuxbridge", "ovs":
+		return nil, true
+	case "macvlan":
+		return []string{"parent", "mode", "vlan"}, true
+	case "ipvlan":
+		return []string{"parent", "mode", "host-prefix"}, true
+	case "hostnic":
+		return []string{"nic", "mac", "force"}, true
+	}
+	return nil, false
+}
+
+func checkOptions(n Network) error {
+	known, ok := DriverOptions(n.Driver)
+	if !ok {
+		return nil // the agents report a driver they do not have
+	}
+	keys := make([]string, 0, len(n.Options))
+	for k := range n.Options {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		found := false
+		for _, o := range known {
+			found = found || o == k
+		}
+		if !found {
+			have := "none"
+			if len(known) > 0 {
+				have = strings.Join(known, ", ")
+			}
+			return fmt.Errorf("%w: driver %s has no option %q (its options: %s)", ErrInvalid, n.Driver, k, have)
+		}
 	}
 	return nil
 }

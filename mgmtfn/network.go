@@ -41,11 +41,13 @@ func (p *Plugin) networkRoutes(m *http.ServeMux) {
 	m.HandleFunc("/NetworkDriver.DeleteNetwork", handle(p, "DeleteNetwork", p.deleteNetwork))
 	m.HandleFunc("/NetworkDriver.CreateEndpoint", handle(p, "CreateEndpoint", p.createEndpoint))
 	m.HandleFunc("/NetworkDriver.DeleteEndpoint", handle(p, "DeleteEndpoint", p.deleteEndpoint))
-	m.HandleFunc("/NetworkDriver.EndpointOperInfo", handle(p, "EndpointOperInfo", p.endpointInfo))
+	// Never an error: Docker fails the container start on one.
+	m.HandleFunc("/NetworkDriver.EndpointOperInfo", handleOr(p, "EndpointOperInfo", p.endpointInfo,
+		&network.InfoResponse{Value: map[string]string{}}))
 	m.HandleFunc("/NetworkDriver.Join", handle(p, "Join", p.join))
-	m.HandleFunc("/NetworkDriver.Leave", handle(p, "Leave", func(context.Context, *network.LeaveRequest) (*empty, error) {
+	m.HandleFunc("/NetworkDriver.Leave", handle(p, "Leave", func(_ context.Context, req *network.LeaveRequest) (*empty, error) {
 		// Docker moves the link back to the host after Leave; DeleteEndpoint removes it.
-		return nil, nil
+		return nil, validIDs(req.NetworkID, req.EndpointID)
 	}))
 	// The helpers' types have every call; these have nothing to do here but must
 	// succeed (a registered path never gets Docker's 404-means-fine fallback).
@@ -115,6 +117,9 @@ func plainIP(cidr string) string {
 }
 
 func (p *Plugin) createNetwork(ctx context.Context, req *network.CreateNetworkRequest) (*empty, error) {
+	if err := validID("network", req.NetworkID); err != nil {
+		return nil, err
+	}
 	want, err := parseOptions(req.Options)
 	if err != nil {
 		return nil, err
@@ -125,7 +130,11 @@ func (p *Plugin) createNetwork(ctx context.Context, req *network.CreateNetworkRe
 	if len(req.IPv6Data) > 0 {
 		return nil, fmt.Errorf("%w: IPv6 is not supported", core.ErrInvalid)
 	}
-	want.Subnet = req.IPv4Data[0].Pool
+	sn, err := core.ParseCIDR(req.IPv4Data[0].Pool)
+	if err != nil {
+		return nil, err
+	}
+	want.Subnet = sn.String()
 	want.Gateway = plainIP(req.IPv4Data[0].Gateway)
 	if want.Driver == "" {
 		g, _, err := p.cfg.Store.Global(ctx)
@@ -138,15 +147,32 @@ func (p *Plugin) createNetwork(ctx context.Context, req *network.CreateNetworkRe
 	if _, handsOff := drv.(core.HandOff); !ok || !handsOff {
 		return nil, fmt.Errorf("%w: driver %q cannot serve Docker networks on host %s (have: %s)", core.ErrInvalid, want.Driver, p.cfg.Host, p.handOffDrivers())
 	}
-	dn := state.DockerNetwork{Host: p.cfg.Host, ID: req.NetworkID, Created: time.Now().UTC()}
+	dn := state.DockerNetwork{Host: p.cfg.Host, ID: req.NetworkID, Created: time.Now().UTC(),
+		ForeignIPAM: req.IPv4Data[0].AddressSpace != addressSpace}
 	for _, a := range req.IPv4Data[0].AuxAddresses {
 		dn.Aux = append(dn.Aux, plainIP(fmt.Sprint(a)))
 	}
+	// The subnet's one pending pool is this network's: see poolID. A repeated
+	// CreateNetwork finds the network bound already.
+	pool, pending := p.pendingPoolOf(want.Subnet)
+	if !dn.ForeignIPAM {
+		if !pending {
+			if _, err := p.cfg.Store.DockerNetwork(ctx, p.cfg.Host, req.NetworkID); err != nil {
+				return nil, fmt.Errorf("%w: no IPAM pool of subnet %s is pending on %s (netplugin restarted during docker network create?); try again", core.ErrNotFound, want.Subnet, p.cfg.Host)
+			}
+		}
+		if pending {
+			dn.PoolID = pool.String()
+		}
+	}
 	n, err := p.cfg.Store.BindDockerNetwork(ctx, dn, want)
 	if err != nil {
-		return nil, err
+		return nil, err // Docker releases the pool (ReleasePool), which frees its subnet
 	}
-	p.log.WithFields(map[string]any{"docker": req.NetworkID[:12], "net": n.Key(), "subnet": n.Subnet}).Info("Docker network bound")
+	if pending && !dn.ForeignIPAM {
+		p.takePool(want.Subnet, &pool)
+	}
+	p.log.WithFields(map[string]any{"docker": req.NetworkID[:12], "net": n.Key(), "subnet": n.Subnet, "pool": dn.PoolID}).Info("Docker network bound")
 	p.kickSoon()
 	return nil, nil
 }
@@ -163,7 +189,17 @@ func (p *Plugin) handOffDrivers() string {
 }
 
 func (p *Plugin) deleteNetwork(ctx context.Context, req *network.DeleteNetworkRequest) (*empty, error) {
+	if err := validID("network", req.NetworkID); err != nil {
+		return nil, err
+	}
 	return nil, p.cfg.Store.UnbindDockerNetwork(ctx, p.cfg.Host, req.NetworkID)
+}
+
+func validIDs(networkID, endpointID string) error {
+	if err := validID("network", networkID); err != nil {
+		return err
+	}
+	return validID("endpoint", endpointID)
 }
 
 // endpointName names the endpoint of a Docker endpoint; 12 hex digits, as
@@ -171,21 +207,46 @@ func (p *Plugin) deleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 func endpointName(eid string) string { return eid[:min(12, len(eid))] }
 
 func (p *Plugin) logical(ctx context.Context, dockerNet string) (core.Network, error) {
-	dn, err := p.cfg.Store.DockerNetwork(ctx, p.cfg.Host, dockerNet)
-	if err != nil {
-		return core.Network{}, err
-	}
-	n, _, err := p.cfg.Store.GetNetwork(ctx, dn.Tenant, dn.Network)
+	_, n, err := p.mapping(ctx, dockerNet)
 	return n, err
 }
 
-func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
-	n, err := p.logical(ctx, req.NetworkID)
+// mapping returns a Docker network's record and the network it stands for.
+func (p *Plugin) mapping(ctx context.Context, dockerNet string) (state.DockerNetwork, core.Network, error) {
+	dn, err := p.cfg.Store.DockerNetwork(ctx, p.cfg.Host, dockerNet)
 	if err != nil {
+		return dn, core.Network{}, err
+	}
+	n, _, err := p.cfg.Store.GetNetwork(ctx, dn.Tenant, dn.Network)
+	return dn, n, err
+}
+
+func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	if err := validIDs(req.NetworkID, req.EndpointID); err != nil {
 		return nil, err
 	}
+	for attempt := 0; ; attempt++ {
+		resp, n, err := p.createEndpointOnce(ctx, req)
+		if err == nil || attempt == 2 || !p.renamed(ctx, req.NetworkID, n) {
+			return resp, err
+		}
+	}
+}
+
+// renamed reports whether a Docker network's network is no longer n: renamed
+// between our reads, so a failed call is worth one more try.
+func (p *Plugin) renamed(ctx context.Context, dockerNet string, n core.Network) bool {
+	dn, err := p.cfg.Store.DockerNetwork(ctx, p.cfg.Host, dockerNet)
+	return err == nil && n.Name != "" && dn.Network != n.Name
+}
+
+func (p *Plugin) createEndpointOnce(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, core.Network, error) {
+	n, err := p.logical(ctx, req.NetworkID)
+	if err != nil {
+		return nil, n, err
+	}
 	if req.Interface == nil || req.Interface.Address == "" {
-		return nil, fmt.Errorf("%w: endpoint %.12s has no IPv4 address", core.ErrInvalid, req.EndpointID)
+		return nil, n, fmt.Errorf("%w: endpoint %.12s has no IPv4 address", core.ErrInvalid, req.EndpointID)
 	}
 	ep := core.Endpoint{Tenant: n.Tenant, Network: n.Name, Name: endpointName(req.EndpointID), IP: plainIP(req.Interface.Address),
 		MAC: req.Interface.MacAddress, Host: p.cfg.Host, DockerEndpoint: req.EndpointID}
@@ -194,7 +255,7 @@ func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpoint
 	// For hostnic --mac-address is how the seed plugin chose the NIC: the NIC
 	// has that MAC already, so Docker setting it changes nothing.
 	if !ownMAC && ep.MAC != "" && n.Driver != "hostnic" {
-		return nil, fmt.Errorf("%w: --mac-address: %s endpoints use their parent's MAC", core.ErrInvalid, n.Driver)
+		return nil, n, fmt.Errorf("%w: --mac-address: %s endpoints use their parent's MAC", core.ErrInvalid, n.Driver)
 	}
 	if ep.MAC == "" && ownMAC {
 		// Only fields Docker left empty may be filled in; the MAC is ours to pick.
@@ -203,7 +264,7 @@ func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpoint
 	}
 	owner, err := p.cfg.Store.IPOwner(ctx, n.Tenant, n.Name, ep.IP)
 	if err != nil {
-		return nil, err
+		return nil, n, err
 	}
 	if state.IsPending(owner, p.cfg.Host) {
 		ep, err = p.cfg.Store.CreateEndpointReserved(ctx, ep, owner)
@@ -212,12 +273,12 @@ func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpoint
 		ep, err = p.cfg.Store.CreateEndpoint(ctx, ep, 0)
 	}
 	if err != nil {
-		return nil, err
+		return nil, n, err
 	}
 	if resp.Interface.MacAddress != "" {
 		resp.Interface.MacAddress = ep.MAC // a repeated call answers with the stored MAC
 	}
-	return resp, nil
+	return resp, n, nil
 }
 
 // hasOwnMAC reports whether the network's endpoints get a MAC of their own.
@@ -237,6 +298,9 @@ func hasOwnMAC(n core.Network) bool {
 func (p *Plugin) endpointInfo(ctx context.Context, req *network.InfoRequest) (*network.InfoResponse, error) {
 	// Never an error: Docker fails the container start on one.
 	resp := &network.InfoResponse{Value: map[string]string{}}
+	if validIDs(req.NetworkID, req.EndpointID) != nil {
+		return resp, nil
+	}
 	n, err := p.logical(ctx, req.NetworkID)
 	if err != nil {
 		return resp, nil
@@ -249,35 +313,25 @@ func (p *Plugin) endpointInfo(ctx context.Context, req *network.InfoRequest) (*n
 }
 
 func (p *Plugin) join(ctx context.Context, req *network.JoinRequest) (*network.JoinResponse, error) {
-	n, err := p.logical(ctx, req.NetworkID)
-	if err != nil {
+	if err := validIDs(req.NetworkID, req.EndpointID); err != nil {
 		return nil, err
 	}
-	ep, _, err := p.cfg.Store.GetEndpoint(ctx, n.Tenant, endpointName(req.EndpointID))
-	if err != nil {
-		return nil, err
-	}
-	drv, ok := p.cfg.Drivers[n.Driver].(core.HandOff)
-	if !ok {
-		return nil, fmt.Errorf("%w: driver %q cannot serve Docker networks", core.ErrInvalid, n.Driver)
-	}
-	ep.NetNS = req.SandboxKey
-	spec := core.EndpointSpec{Endpoint: ep, Net: core.NetworkSpec{Network: n}, NetNSPath: req.SandboxKey,
-		NetNSID: core.SandboxNetNSID(req.SandboxKey)}
-	var src string
-	err = p.cfg.Agent.Exclusive(ctx, func(ctx context.Context) (int64, error) {
-		if err := p.cfg.Drivers[n.Driver].EnsureNetwork(ctx, spec.Net); err != nil {
-			return 0, fmt.Errorf("network %s: %w", n.Key(), err)
+	var (
+		n   core.Network
+		src string
+	)
+	err := p.cfg.Agent.Exclusive(ctx, func(ctx context.Context) (int64, error) {
+		// The link handed to Docker is built from what we read; if the
+		// endpoint changed before its sandbox is recorded (the network was
+		// renamed), the link is not the one the agent would keep: build it again.
+		for attempt := 0; ; attempt++ {
+			var rev int64
+			var err error
+			n, src, rev, err = p.handOff(ctx, req)
+			if !errors.Is(err, state.ErrConflict) || attempt == 4 {
+				return rev, err
+			}
 		}
-		var err error
-		if src, err = drv.PrepareHandOff(ctx, spec); err != nil {
-			return 0, err
-		}
-		rev, err := p.cfg.Store.AttachNetNS(ctx, ep.Tenant, ep.Name, req.SandboxKey)
-		if err != nil {
-			_ = p.cfg.Drivers[n.Driver].RemoveEndpoint(ctx, core.ObservedEndpoint{Key: ep.Key()})
-		}
-		return rev, err
 	})
 	if err != nil {
 		return nil, err
@@ -295,32 +349,101 @@ func (p *Plugin) join(ctx context.Context, req *network.JoinRequest) (*network.J
 	return resp, nil
 }
 
-func (p *Plugin) deleteEndpoint(ctx context.Context, req *network.DeleteEndpointRequest) (*empty, error) {
+// handOff prepares the endpoint's link for Docker and records its sandbox.
+func (p *Plugin) handOff(ctx context.Context, req *network.JoinRequest) (core.Network, string, int64, error) {
 	n, err := p.logical(ctx, req.NetworkID)
+	if err != nil {
+		return n, "", 0, err
+	}
+	ep, epRev, err := p.cfg.Store.GetEndpoint(ctx, n.Tenant, endpointName(req.EndpointID))
+	if err != nil {
+		return n, "", 0, err
+	}
+	if ep.DockerEndpoint != req.EndpointID || ep.Host != p.cfg.Host {
+		return n, "", 0, fmt.Errorf("%w: endpoint %s is not Docker endpoint %.12s of host %s", core.ErrNotFound, ep.Key(), req.EndpointID, p.cfg.Host)
+	}
+	if ep.Network != n.Name {
+		return n, "", 0, fmt.Errorf("endpoint %s on %s, network %s: %w", ep.Key(), ep.Network, n.Name, state.ErrConflict)
+	}
+	drv, ok := p.cfg.Drivers[n.Driver].(core.HandOff)
+	if !ok {
+		return n, "", 0, fmt.Errorf("%w: driver %q cannot serve Docker networks", core.ErrInvalid, n.Driver)
+	}
+	spec := core.EndpointSpec{Endpoint: ep, Net: core.NetworkSpec{Network: n}, NetNSPath: req.SandboxKey,
+		NetNSID: core.SandboxNetNSID(req.SandboxKey)}
+	spec.NetNS = req.SandboxKey
+	if err := p.cfg.Drivers[n.Driver].EnsureNetwork(ctx, spec.Net); err != nil {
+		return n, "", 0, fmt.Errorf("network %s: %w", n.Key(), err)
+	}
+	src, err := drv.PrepareHandOff(ctx, spec)
+	if err != nil {
+		return n, "", 0, err
+	}
+	rev, err := p.cfg.Store.AttachNetNS(ctx, ep, epRev, req.SandboxKey)
+	if err != nil {
+		_ = p.cfg.Drivers[n.Driver].RemoveEndpoint(ctx, core.ObservedEndpoint{Key: ep.Key()})
+		return n, "", 0, err
+	}
+	return n, src, rev, nil
+}
+
+func (p *Plugin) deleteEndpoint(ctx context.Context, req *network.DeleteEndpointRequest) (*empty, error) {
+	if err := validIDs(req.NetworkID, req.EndpointID); err != nil {
+		return nil, err
+	}
+	dn, n, err := p.mapping(ctx, req.NetworkID)
 	if errors.Is(err, core.ErrNotFound) {
 		return nil, nil // Docker retries deletes; gone is gone
 	}
 	if err != nil {
 		return nil, err
 	}
-	return nil, p.removeEndpoint(ctx, n, endpointName(req.EndpointID))
+	return nil, p.removeEndpoint(ctx, dn, n, endpointName(req.EndpointID))
 }
 
-// removeEndpoint deletes a Docker endpoint's record (releasing its IP) and its link.
-func (p *Plugin) removeEndpoint(ctx context.Context, n core.Network, name string) error {
+// removeEndpoint deletes a Docker endpoint's record and its link. The address
+// stays held for Docker's ReleaseAddress, which follows DeleteEndpoint: freed
+// now, it would go to the next container, and the late release would then take
+// it from that one.
+func (p *Plugin) removeEndpoint(ctx context.Context, dn state.DockerNetwork, n core.Network, name string) error {
+	key := n.Tenant + "/" + name
+	hold := !dn.ForeignIPAM && !p.releasedAlready(key)
 	return p.cfg.Agent.Exclusive(ctx, func(ctx context.Context) (int64, error) {
-		rev, err := p.cfg.Store.DeleteEndpointRev(ctx, n.Tenant, name)
+		rev, err := p.cfg.Store.DeleteDockerEndpoint(ctx, n.Tenant, name, p.cfg.Host, hold)
 		if errors.Is(err, core.ErrNotFound) {
 			err = nil
 		}
 		if err != nil {
 			return 0, err
 		}
+		p.forgetReleased(key)
 		if drv, ok := p.cfg.Drivers[n.Driver]; ok {
-			if err := drv.RemoveEndpoint(ctx, core.ObservedEndpoint{Key: n.Tenant + "/" + name}); err != nil {
+			if err := drv.RemoveEndpoint(ctx, core.ObservedEndpoint{Key: key}); err != nil {
 				return rev, err
 			}
 		}
 		return rev, nil
 	})
+}
+
+// markReleased notes that Docker released the address of an endpoint it never
+// deleted through the driver (forced cleanup): when the endpoint goes, its
+// address is freed rather than held for a release that already came.
+func (p *Plugin) markReleased(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.released[key] = time.Now()
+}
+
+func (p *Plugin) releasedAlready(key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.released[key]
+	return ok
+}
+
+func (p *Plugin) forgetReleased(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.released, key)
 }

@@ -28,12 +28,28 @@ func TestParseOptions(t *testing.T) {
 }
 
 func TestPoolIDAndAddresses(t *testing.T) {
-	pool, sub := parsePoolID(poolID("10.1.0.0/16", "10.1.2.0/24"))
-	if pool != "10.1.0.0/16" || sub != "10.1.2.0/24" {
-		t.Fatalf("%q %q", pool, sub)
+	for _, c := range []struct {
+		in   string
+		want poolID
+	}{
+		{"netplugin|0123456789abcdef|10.1.0.0/16|10.1.2.0/24", poolID{"0123456789abcdef", "10.1.0.0/16", "10.1.2.0/24"}},
+		{"netplugin|0123456789abcdef|10.1.0.0/16|", poolID{"0123456789abcdef", "10.1.0.0/16", ""}},
+		{"10.1.0.0/16|10.1.2.0/24", poolID{"", "10.1.0.0/16", "10.1.2.0/24"}}, // an older version's
+		{"10.1.0.0/16|", poolID{"", "10.1.0.0/16", ""}},
+	} {
+		got, err := parsePoolID(c.in)
+		if err != nil || got != c.want || got.String() != c.in {
+			t.Errorf("%q: %+v %v", c.in, got, err)
+		}
 	}
-	if pool, sub := parsePoolID(poolID("10.1.0.0/16", "")); pool != "10.1.0.0/16" || sub != "" {
-		t.Fatalf("%q %q", pool, sub)
+	for _, bad := range []string{"", "|", "10.1.0.1/16|", "10.1.0.0/16|10.2.0.0/24", "10.1.0.0/24|10.1.0.0/16",
+		"netplugin|xyz|10.1.0.0/16|", "netplugin|0123456789abcdef|nonsense|", "a|b|c", "10.1.0.0/16"} {
+		if id, err := parsePoolID(bad); !errors.Is(err, core.ErrInvalid) {
+			t.Errorf("%q accepted: %+v", bad, id)
+		}
+	}
+	if id := (poolID{nonce: newNonce(), subnet: "10.1.0.0/16"}); !validNonce(id.nonce) {
+		t.Fatalf("nonce %q", id.nonce)
 	}
 	// Docker hands gateways as CIDR; Join must answer a plain IP.
 	if plainIP("10.1.0.1/16") != "10.1.0.1" || plainIP("10.1.0.1") != "10.1.0.1" {

@@ -8,6 +8,7 @@ package mgmtfn
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,8 +61,10 @@ type Plugin struct {
 	// and needs its Docker name).
 	kick chan struct{}
 
-	mu      sync.Mutex
-	suspect map[string]int // Docker endpoints Docker no longer knows, by endpoint key: passes seen
+	mu       sync.Mutex
+	suspect  map[string]int          // Docker endpoints Docker no longer knows, by endpoint key: passes seen
+	released map[string]time.Time    // Docker endpoints whose address Docker released before deleting them, by key
+	pools    map[string]*pendingPool // IPAM pools no CreateNetwork bound yet, by subnet
 }
 
 // New returns a plugin; Serve runs it.
@@ -75,7 +78,8 @@ func New(cfg Config) *Plugin {
 	if cfg.GCPeriod <= 0 {
 		cfg.GCPeriod = 10 * time.Second
 	}
-	return &Plugin{cfg: cfg, log: cfg.Log.WithField("plugin", cfg.Name), kick: make(chan struct{}, 1), suspect: map[string]int{}}
+	return &Plugin{cfg: cfg, log: cfg.Log.WithField("plugin", cfg.Name), kick: make(chan struct{}, 1),
+		suspect: map[string]int{}, released: map[string]time.Time{}, pools: map[string]*pendingPool{}}
 }
 
 // Socket is the path Docker finds the plugin at.
@@ -89,10 +93,9 @@ func (p *Plugin) Serve(ctx context.Context) error {
 		return fmt.Errorf("plugin dir: %w", err)
 	}
 	sock := p.Socket()
-	_ = os.Remove(sock) // left by a crash: Docker redials the path on every call
-	l, err := net.Listen("unix", sock)
+	l, err := listenPrivate(sock)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", sock, err)
+		return err
 	}
 	srv := &http.Server{Handler: p.mux(), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
@@ -111,15 +114,65 @@ func (p *Plugin) Serve(ctx context.Context) error {
 	return err
 }
 
+// listenPrivate listens on a unix socket at path that only root can connect
+// to, whatever the umask: the socket is made and chmodded in a directory of its
+// own (0700) and only then renamed into place, so no other user ever sees it
+// open. A socket left at path by a crash is replaced (Docker redials the path on
+// every call).
+func listenPrivate(path string) (*net.UnixListener, error) {
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".netplugin-")
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.Chmod(tmp, 0o700); err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(tmp, "s"), Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	l.SetUnlinkOnClose(false) // it is renamed; Serve removes it at path
+	if err := os.Chmod(filepath.Join(tmp, "s"), 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Rename(filepath.Join(tmp, "s"), path); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// maxBody bounds a request body: Docker's largest (CreateNetwork with its
+// options) is a few KiB.
+const maxBody = 1 << 20
+
 // handle adapts a typed handler: decode the request, run it with a deadline,
 // encode the answer; errors go out as HTTP 500 {"Err": ...}, the form both of
 // Docker's proxies accept.
 func handle[Req, Resp any](p *Plugin, op string, fn func(context.Context, *Req) (*Resp, error)) http.HandlerFunc {
+	return handleOr(p, op, fn, nil)
+}
+
+// handleOr is handle answering onBadRequest, when not nil, to a body it cannot
+// decode (for calls that must never fail).
+func handleOr[Req, Resp any](p *Plugin, op string, fn func(context.Context, *Req) (*Resp, error), onBadRequest *Resp) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		req := new(Req)
 		if r.ContentLength != 0 {
-			if err := json.NewDecoder(r.Body).Decode(req); err != nil {
-				sdk.EncodeResponse(w, map[string]string{"Err": "netplugin: " + op + ": bad request: " + err.Error()}, true)
+			body := http.MaxBytesReader(w, r.Body, maxBody)
+			if err := json.NewDecoder(body).Decode(req); err != nil {
+				if onBadRequest != nil {
+					p.log.WithError(err).WithField("op", op).Warn("bad request")
+					sdk.EncodeResponse(w, onBadRequest, false)
+					return
+				}
+				msg := err.Error()
+				if errors.As(err, new(*http.MaxBytesError)) {
+					msg = fmt.Sprintf("request body too large (over %d bytes)", maxBody)
+				}
+				sdk.EncodeResponse(w, map[string]string{"Err": "netplugin: " + op + ": bad request: " + oneLine(msg)}, true)
 				return
 			}
 		}
@@ -130,8 +183,7 @@ func handle[Req, Resp any](p *Plugin, op string, fn func(context.Context, *Req) 
 		log := p.log.WithFields(logrus.Fields{"op": op, "took": time.Since(start).Round(time.Microsecond)})
 		if err != nil {
 			log.WithError(err).Warn("request failed")
-			msg := strings.ReplaceAll(err.Error(), "\n", "; ")
-			sdk.EncodeResponse(w, map[string]string{"Err": "netplugin: " + msg}, true)
+			sdk.EncodeResponse(w, map[string]string{"Err": "netplugin: " + oneLine(err.Error())}, true)
 			return
 		}
 		log.Debug("request served")
@@ -142,6 +194,9 @@ func handle[Req, Resp any](p *Plugin, op string, fn func(context.Context, *Req) 
 		sdk.EncodeResponse(w, resp, false)
 	}
 }
+
+// oneLine keeps an error message on one line for Docker's log and CLI.
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
 
 type empty struct{}
 
@@ -155,5 +210,13 @@ func (p *Plugin) mux() http.Handler {
 	return m
 }
 
-// dockerErr keeps messages one line and free of our sentinel prefixes' noise.
-func dockerErr(op string, err error) error { return fmt.Errorf("%s: %w", op, err) }
+// validID checks a Docker network or endpoint ID: 64 lowercase hex digits, as
+// Docker makes them. Our keys and link names derive from them.
+func validID(kind, id string) error {
+	if len(id) == 64 {
+		if _, err := hex.DecodeString(id); err == nil && strings.ToLower(id) == id {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s ID %.80q: want 64 hex digits", core.ErrInvalid, kind, id)
+}

@@ -34,7 +34,7 @@ func newApp(out io.Writer, in io.Reader) *cli.App {
 	return &cli.App{
 		Name:      "netdcli",
 		Usage:     "write and read netplugin's desired state",
-		UsageText: "netdcli -oper create|get|delete|attach|detach -construct global|tenant|network|endpoint [flags] NAME\n   netdcli -cfg FILE|-",
+		UsageText: "netdcli -oper create|get|delete|attach|detach -construct global|tenant|network|endpoint [flags] NAME\n   netdcli -cfg FILE|- [-dry-run] [-prune docker] [-json]",
 		Writer:    out,
 		Reader:    in,
 		Flags: []cli.Flag{
@@ -67,6 +67,8 @@ func newApp(out io.Writer, in io.Reader) *cli.App {
 			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Second, Usage: "how long to wait for etcd"},
 			&cli.StringFlag{Name: "docker-socket", Value: "/var/run/docker.sock", Usage: "Docker API socket, to check containers on this host"},
 			&cli.StringFlag{Name: "cfg", Usage: "apply a whole desired-state JSON document (FILE or - for stdin)"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "with -cfg: print what would change, change nothing"},
+			&cli.StringFlag{Name: "prune", Usage: "with -cfg: 'docker' also deletes networks and endpoints Docker created that the document does not name"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 		},
 		Action: func(c *cli.Context) error { return dispatch(c, out, in) },
@@ -80,6 +82,9 @@ func dispatch(c *cli.Context, out io.Writer, in io.Reader) error {
 	}
 	if c.String("cfg") == "" && c.String("oper") == "" {
 		return fmt.Errorf("-oper or -cfg is required; see netdcli -h")
+	}
+	if c.String("cfg") == "" && (c.IsSet("dry-run") || c.IsSet("prune")) {
+		return fmt.Errorf("%w: -dry-run and -prune go with -cfg", core.ErrInvalid)
 	}
 	log := logrus.NewEntry(logrus.New())
 	log.Logger.SetOutput(io.Discard)
@@ -95,6 +100,13 @@ func dispatch(c *cli.Context, out io.Writer, in io.Reader) error {
 		return cmd.applyFile(ctx, f, in)
 	}
 	oper, construct := c.String("oper"), c.String("construct")
+	if oper != "get" {
+		// An apply a crash interrupted is completed before anything else, so
+		// that this command sees, and changes, the whole document.
+		if err := s.ResumeApply(ctx); err != nil {
+			return err
+		}
+	}
 	if construct == "" {
 		return fmt.Errorf("-construct is required: global, tenant, network or endpoint")
 	}
@@ -187,6 +199,14 @@ func (m *command) tenantOf(ctx context.Context, kind, name string) (string, erro
 }
 
 func (m *command) applyFile(ctx context.Context, f string, in io.Reader) error {
+	o := state.ApplyOptions{DefaultHost: m.c.String("host")}
+	switch p := m.c.String("prune"); p {
+	case "":
+	case "docker":
+		o.PruneDocker = true
+	default:
+		return fmt.Errorf("%w: -prune %q: the only kind is docker", core.ErrInvalid, p)
+	}
 	r := in
 	if f != "-" {
 		file, err := os.Open(f)
@@ -200,11 +220,42 @@ func (m *command) applyFile(ctx context.Context, f string, in io.Reader) error {
 	if err != nil {
 		return err
 	}
-	sum, err := m.s.Apply(ctx, doc, m.c.String("host"))
+	if m.c.Bool("dry-run") {
+		p, err := m.s.PlanApply(ctx, doc, o)
+		if err != nil {
+			return err
+		}
+		return m.printPlan(p)
+	}
+	sum, err := m.s.ApplyWith(ctx, doc, o)
 	if err != nil {
 		return err
 	}
+	if m.c.Bool("json") {
+		return m.printJSON(sum)
+	}
 	fmt.Fprintf(m.out, "applied: %d created, %d updated, %d deleted\n", sum.Created, sum.Updated, sum.Deleted)
+	if sum.Kept > 0 {
+		fmt.Fprintf(m.out, "kept: %d not in the document but made by Docker, or holding what Docker made (-dry-run lists them, -prune docker deletes them)\n", sum.Kept)
+	}
+	return nil
+}
+
+func (m *command) printPlan(p state.Plan) error {
+	if m.c.Bool("json") {
+		if p.Changes == nil {
+			p.Changes = []state.Change{}
+		}
+		return m.printJSON(p)
+	}
+	if p.Pending != "" {
+		fmt.Fprintln(m.out, "pending:", p.Pending)
+	}
+	for _, c := range p.Changes {
+		fmt.Fprintln(m.out, c.String())
+	}
+	fmt.Fprintf(m.out, "plan: %d to create, %d to update, %d to delete, %d kept (dry run: nothing changed)\n",
+		p.Created, p.Updated, p.Deleted, p.Kept)
 	return nil
 }
 
@@ -376,6 +427,9 @@ func (m *command) attach(ctx context.Context) error {
 		return err
 	}
 	a := state.Attachment{ContainerName: m.c.String("container-id"), NetNS: m.c.String("netns")}
+	if ip := m.c.String("ip-address"); ip != "auto" {
+		a.IP = ip // the address in the new host's block, for a move on a routed network
+	}
 	if m.c.IsSet("host") {
 		a.Host = m.c.String("host")
 	}

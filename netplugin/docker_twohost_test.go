@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,11 +25,12 @@ func TestDockerSecondHostJoins(t *testing.T) {
 	b := &pluginEnv{t: t, dk: dkB, d: dB, name: pluginB, store: a.store, host: a.name + "-hostb"}
 
 	net := a.name + "-net"
+	// Both hosts name the same --aux-address: the network's, shared.
 	a.mustDocker("network", "create", "-d", a.name, "--ipam-driver", a.name, "--subnet", "10.96.0.0/24", "--gateway", "10.96.0.1",
-		"-o", "tenant="+a.name, "-o", "tag=400", net)
+		"--aux-address", "router=10.96.0.250", "-o", "tenant="+a.name, "-o", "tag=400", net)
 	t.Cleanup(func() { _, _ = a.docker("network", "rm", net) })
 	b.mustDocker("network", "create", "-d", pluginB, "--ipam-driver", pluginB, "--subnet", "10.96.0.0/24",
-		"-o", "tenant="+a.name, net)
+		"--aux-address", "router=10.96.0.250", "--aux-address", "printer=10.96.0.251", "-o", "tenant="+a.name, net)
 	t.Cleanup(func() { _, _ = b.docker("network", "rm", net) })
 
 	// One logical network, under its Docker name, with the first host's tag.
@@ -58,8 +60,8 @@ func TestDockerSecondHostJoins(t *testing.T) {
 			ips[ip] = c
 		}
 	}
-	if n := len(a.allocated()); n != 6 {
-		t.Fatalf("%d addresses allocated for 6 containers on two hosts", n)
+	if n := len(a.allocated()); n != 8 {
+		t.Fatalf("%d addresses allocated for 6 containers and 2 aux addresses on two hosts: %v", n, a.allocated())
 	}
 
 	// The second host's network goes; the network stays for the first.
@@ -70,7 +72,17 @@ func TestDockerSecondHostJoins(t *testing.T) {
 	if out, err := exec.Command(bins+"/netdcli", "-etcd-url", a.d.etcdURL, "-oper", "get", "-construct", "network", "-tenant", a.name, net).CombinedOutput(); err != nil {
 		t.Fatalf("network gone while host A still uses it: %s", out)
 	}
-	if n := len(a.allocated()); n != 3 {
-		t.Fatalf("%d addresses allocated after host B left, want 3", n)
+	// Host A's three containers and the aux address A still names.
+	want := a.ipKey(net, "10.96.0.250")
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		got := a.allocated()
+		if len(got) == 4 && strings.Contains(strings.Join(got, " "), want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("allocations after host B left: %v, want host A's 3 containers and %s", got, want)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -69,6 +69,9 @@ func newDaemon(t *testing.T, host string, extra ...string) *daemon {
 		for _, drv := range []string{"macvlan", "ipvlan", "hostnic"} {
 			_ = os.RemoveAll(stateDir(state.DefaultRunDir, drv, host))
 		}
+		for _, f := range []string{".lease", ".lock"} {
+			_ = os.Remove(filepath.Join(state.DefaultRunDir, "agent", host+f))
+		}
 	})
 	return d
 }

@@ -61,6 +61,8 @@ func main() {
 			&cli.StringFlag{Name: "ovs-netns", Usage: "OVS driver: namespace ovs-vswitchd runs in, if not the agent's (tests run several)"},
 			&cli.StringFlag{Name: "vtep-ip", Usage: "this host's underlay address, published to the other hosts (VXLAN tunnels, routes to routed networks)"},
 			&cli.DurationFlag{Name: "resync", Value: 10 * time.Second, Usage: "full resync period"},
+			&cli.IntFlag{Name: "lease-ttl", Value: 10, Usage: "seconds this host stays registered (and its status visible) after its agent stops renewing"},
+			&cli.BoolFlag{Name: "adopt-cluster", Usage: "take the store's cluster ID although this host was programmed from another etcd cluster"},
 			&cli.IntFlag{Name: "workers", Value: 4, Usage: "endpoints programmed in parallel"},
 			&cli.BoolFlag{Name: "debug", Aliases: []string{"d"}, Usage: "debug logging"},
 		},
@@ -84,6 +86,14 @@ func run(c *cli.Context) error {
 	if err := core.ValidName("host label", c.String("host-label")); err != nil {
 		return fmt.Errorf("--host-label: %w", err)
 	}
+
+	// One agent per host label per machine: a second one would fight the
+	// first over the same links. The lock goes with the process.
+	unlock, err := lockHost(c.String("run-dir"), c.String("host-label"))
+	if err != nil {
+		return err
+	}
+	defer unlock()
 
 	endpoints := c.StringSlice("etcd-endpoints")
 	tlsFiles := state.TLSFiles{CA: c.String("etcd-cacert"), Cert: c.String("etcd-cert"), Key: c.String("etcd-key")}
@@ -144,6 +154,9 @@ func run(c *cli.Context) error {
 		Host: c.String("host-label"), VTEP: c.String("vtep-ip"), Store: store, Drivers: drivers,
 		Containers: dk,
 		Resync:     c.Duration("resync"), Workers: c.Int("workers"), Log: log, Metrics: metrics,
+		LeaseTTL: c.Int("lease-ttl"), AdoptCluster: c.Bool("adopt-cluster"),
+		LeaseFile:   filepath.Join(c.String("run-dir"), "agent", c.String("host-label")+".lease"),
+		ClusterFile: filepath.Join(c.String("data-dir"), "cluster-id"),
 	})
 	if addr := c.String("listen"); addr != "" {
 		srv := &http.Server{Addr: addr, Handler: handler(a, metrics), ReadHeaderTimeout: 5 * time.Second}
@@ -221,6 +234,29 @@ func startEmbedded(ctx context.Context, c *cli.Context, log *logrus.Entry) (*sta
 	return e, files, unpublish, nil
 }
 
+// lockHost takes an exclusive lock for host under runDir, held until the
+// process exits or unlock is called.
+func lockHost(runDir, host string) (func(), error) {
+	dir := filepath.Join(runDir, "agent")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("run dir: %w", err)
+	}
+	path := filepath.Join(dir, host+".lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		pid, _ := os.ReadFile(path)
+		f.Close()
+		return nil, fmt.Errorf("another netplugin with host label %q runs on this machine (pid %s, lock %s): stop it or give this one another --host-label",
+			host, strings.TrimSpace(string(pid)), path)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(fmt.Sprintf("%d\n", os.Getpid())), 0)
+	return func() { f.Close() }, nil
+}
+
 // connect retries: an agent started before etcd must wait for it, not exit.
 func connect(ctx context.Context, endpoints []string, files state.TLSFiles, log *logrus.Entry) (*state.Store, error) {
 	for {
@@ -245,7 +281,11 @@ func handler(a *agent.Agent, m *agent.Metrics) http.Handler {
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.Healthy() {
-			http.Error(w, "no successful sync recently", http.StatusServiceUnavailable)
+			why := a.Problem()
+			if why == "" {
+				why = "no successful sync recently"
+			}
+			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

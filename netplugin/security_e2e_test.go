@@ -1,11 +1,13 @@
 package main
 
 import (
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/netplugin/netplugin/internal/nstest"
 	"github.com/netplugin/netplugin/internal/pki"
@@ -134,5 +136,50 @@ func TestHostLabelValidated(t *testing.T) {
 		if err == nil || !strings.Contains(string(out), "--host-label") || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
 			t.Errorf("host label %q: want a one-line refusal, got %v %q", bad, err, out)
 		}
+	}
+}
+
+// TestDuplicateHostLabelProcesses: a second netplugin with a host label that a
+// running agent holds exits with one clear line, whether it runs on another
+// machine (another run dir: the etcd compare refuses it) or on the same one
+// (the per-label lock refuses it); the first keeps running.
+func TestDuplicateHostLabelProcesses(t *testing.T) {
+	nstest.RequireRoot(t)
+	host := nstest.Prefix() + "-host"
+	data := t.TempDir()
+	first := newDaemon(t, host, "--data-dir", data)
+	first.start()
+	pki := func(f string) string { return filepath.Join(data, "pki", f) }
+	for name, extra := range map[string][]string{
+		// Another machine has no publication to read: it is given the files.
+		"other machine": {"--run-dir", t.TempDir(), "--etcd-cacert", pki("ca.crt"), "--etcd-cert", pki("client.crt"), "--etcd-key", pki("client.key")},
+		"same machine":  nil,
+	} {
+		args := append([]string{"--etcd-endpoints", first.etcdURL, "--host-label", host, "--data-dir", t.TempDir(),
+			"--listen", "", "--docker-plugin", ""}, extra...)
+		cmd := exec.Command(filepath.Join(bins, "netplugin"), args...)
+		done := make(chan error, 1)
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			last := strings.TrimSpace(out.String())
+			last = last[strings.LastIndex(last, "\n")+1:]
+			if err == nil || !strings.Contains(last, host) || !(strings.Contains(last, "held by another agent") || strings.Contains(last, "runs on this machine")) {
+				t.Errorf("%s: want a refusal naming the label, got %v: %s", name, err, out.String())
+			}
+			t.Logf("%s: %s", name, last)
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+			t.Fatalf("%s: a second agent with label %s kept running:\n%s", name, host, out.String())
+		}
+	}
+	if r, err := http.Get("http://" + first.listen + "/healthz"); err != nil || r.StatusCode != 200 {
+		t.Fatalf("first agent disturbed: %v %v", r, err)
 	}
 }

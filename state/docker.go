@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/netplugin/netplugin/core"
@@ -23,11 +23,26 @@ const dockerPrefix = Prefix + "docker/"
 func dockerKey(host, id string) string { return dockerPrefix + host + "/" + id }
 func dockersOf(host string) string     { return dockerPrefix + host + "/" }
 
-// Values of IP allocation keys that belong to no endpoint (yet).
-const (
-	pendingPrefix = "pending:" // pending:<host>:<unix nanos>, from IPAM before CreateEndpoint
-	auxPrefix     = "aux:"     // aux:<docker network ID>, an --aux-address
-)
+// dockerusers/<tenant>/<network>/<host>/<docker network ID> indexes the Docker
+// networks of one network, written in the same transaction as each mapping, so
+// that questions about one network ("does another host still use it?", "who
+// names this aux address?") read only its users.
+const usersPrefix = Prefix + "dockerusers/"
+
+func usersOf(t, n string) string           { return usersPrefix + t + "/" + n + "/" }
+func userKey(t, n, host, id string) string { return usersOf(t, n) + host + "/" + id }
+
+// networkUser is the value of a users index key.
+type networkUser struct {
+	Aux []string `json:"aux,omitempty"`
+}
+
+// auxValue marks an address as an --aux-address of the network.
+const auxValue = "aux"
+
+// IsAux reports whether an allocation value is an aux address (auxPrefix: as
+// an older version wrote it, one Docker network's).
+func IsAux(v string) bool { return v == auxValue || strings.HasPrefix(v, auxPrefix) }
 
 // DockerNetwork is one host's Docker network of a logical network.
 type DockerNetwork struct {
@@ -36,13 +51,17 @@ type DockerNetwork struct {
 	Tenant  string   `json:"tenant"`
 	Network string   `json:"network"`
 	Aux     []string `json:"aux,omitempty"`
+	// PoolID is the IPAM pool Docker allocates this network's addresses from;
+	// IPAM calls name only the pool. Empty: an older version's mapping, whose
+	// pool is found by subnet.
+	PoolID string `json:"poolID,omitempty"`
+	// ForeignIPAM: another IPAM driver (Docker's own) gives the addresses, so
+	// ours never sees their ReleaseAddress.
+	ForeignIPAM bool `json:"foreignIPAM,omitempty"`
 	// Created lets garbage collection tell a network Docker has not stored yet
 	// from one it deleted while netplugin was away.
 	Created time.Time `json:"created"`
 }
-
-// IsPending reports whether an allocation value is an IPAM reservation of host.
-func IsPending(owner, host string) bool { return strings.HasPrefix(owner, pendingPrefix+host+":") }
 
 // ProvisionalName is the name of a network Docker created before its Docker name
 // is known (Docker never tells a driver the name); it is renamed right after.
@@ -76,7 +95,8 @@ func (s *Store) DockerNetworks(ctx context.Context, host string) ([]DockerNetwor
 // network: want.Name names it, or else the tenant's network with exactly the same
 // subnet is joined (a second host's `docker network create` joins the first's),
 // or else a new network is created under a provisional name. Binding the same
-// Docker network again returns the same network.
+// Docker network again returns the same network. A rejected bind leaves the
+// store as it was.
 func (s *Store) BindDockerNetwork(ctx context.Context, dn DockerNetwork, want core.Network) (core.Network, error) {
 	if cur, err := s.DockerNetwork(ctx, dn.Host, dn.ID); err == nil {
 		n, _, err := s.GetNetwork(ctx, cur.Tenant, cur.Network)
@@ -85,31 +105,38 @@ func (s *Store) BindDockerNetwork(ctx context.Context, dn DockerNetwork, want co
 	if want.Tenant == "" {
 		want.Tenant = core.DefaultTenant
 	}
-	// `-o tenant=blue` on docker network create makes the tenant if needed:
-	// Docker users do not run netdcli first.
-	if err := s.tenantExists(ctx, want.Tenant); err != nil {
-		if err := s.CreateTenant(ctx, want.Tenant); err != nil && !errors.Is(err, core.ErrExists) {
+	if err := core.ValidName("tenant", want.Tenant); err != nil {
+		return want, err
+	}
+	if want.Name != "" {
+		if err := core.ValidName("network", want.Name); err != nil {
 			return want, err
 		}
 	}
-	var n core.Network
-	found := false
-	if want.Name != "" {
-		cur, _, err := s.GetNetwork(ctx, want.Tenant, want.Name)
-		if err == nil {
-			n, found = cur, true
+	aux, err := auxAddresses(dn.Aux, want)
+	if err != nil {
+		return want, err
+	}
+	dn.Aux = aux
+	// `-o tenant=blue` on docker network create makes the tenant if needed:
+	// Docker users do not run netdcli first. What this call made it undoes when
+	// the bind fails.
+	var undo []func()
+	defer func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
 		}
-	} else {
-		nets, err := s.Networks(ctx, want.Tenant)
-		if err != nil {
+	}()
+	if err := s.tenantExists(ctx, want.Tenant); err != nil {
+		if err := s.CreateTenant(ctx, want.Tenant); err == nil {
+			undo = append(undo, func() { _ = s.DeleteTenant(context.WithoutCancel(ctx), want.Tenant) })
+		} else if !errors.Is(err, core.ErrExists) {
 			return want, err
 		}
-		for _, o := range nets {
-			if o.Subnet == want.Subnet {
-				n, found = o, true
-				break
-			}
-		}
+	}
+	n, found, err := s.dockerTarget(ctx, want)
+	if err != nil {
+		return n, err
 	}
 	if found {
 		if err := joinable(n, want); err != nil {
@@ -125,34 +152,105 @@ func (s *Store) BindDockerNetwork(ctx context.Context, dn DockerNetwork, want co
 			return created, err
 		}
 		n = created
+		undo = append(undo, func() { _ = s.deleteUnusedDockerNetwork(context.WithoutCancel(ctx), n.Tenant, n.Name) })
 	}
-	mine, err := s.DockerNetworks(ctx, dn.Host)
-	if err != nil {
-		return n, err
-	}
-	for _, o := range mine {
-		if o.Tenant == n.Tenant && o.Network == n.Name {
-			return n, fmt.Errorf("%w: network %s already has Docker network %.12s on host %s", core.ErrInUse, n.Key(), o.ID, dn.Host)
-		}
-	}
-	dn.Tenant, dn.Network = n.Tenant, n.Name
-	cmps := []clientv3.Cmp{free(dockerKey(dn.Host, dn.ID)), exists(networkKey(n.Tenant, n.Name))}
-	ops := []clientv3.Op{clientv3.OpPut(dockerKey(dn.Host, dn.ID), mustJSON(dn))}
 	for _, a := range dn.Aux {
 		if err := core.ValidateEndpointIP(n, a); err != nil {
 			return n, fmt.Errorf("aux address: %w", err)
 		}
-		cmps = append(cmps, free(ipKey(n.Tenant, n.Name, a)))
-		ops = append(ops, clientv3.OpPut(ipKey(n.Tenant, n.Name, a), auxPrefix+dn.ID))
 	}
-	r, err := s.txn(ctx, cmps, ops...)
-	if err != nil {
-		return n, err
+	dn.Tenant, dn.Network = n.Tenant, n.Name
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		cmps := []clientv3.Cmp{free(dockerKey(dn.Host, dn.ID)), exists(networkKey(n.Tenant, n.Name)),
+			emptyPrefix(usersOf(n.Tenant, n.Name) + dn.Host + "/")}
+		ops := []clientv3.Op{clientv3.OpPut(dockerKey(dn.Host, dn.ID), mustJSON(dn)),
+			clientv3.OpPut(userKey(n.Tenant, n.Name, dn.Host, dn.ID), mustJSON(networkUser{Aux: dn.Aux}))}
+		// Aux addresses are the network's, shared by every Docker network that
+		// names them: taken by the first, kept while any names them.
+		for _, a := range dn.Aux {
+			ik := ipKey(n.Tenant, n.Name, a)
+			r, err := s.get(ctx, ik)
+			if err != nil {
+				return n, err
+			}
+			if len(r.Kvs) == 0 {
+				cmps = append(cmps, free(ik))
+				ops = append(ops, clientv3.OpPut(ik, auxValue))
+				continue
+			}
+			if !IsAux(string(r.Kvs[0].Value)) {
+				return n, fmt.Errorf("%w: aux address %s is used by endpoint %q of network %s", core.ErrInUse, a, r.Kvs[0].Value, n.Key())
+			}
+			cmps = append(cmps, unchanged(ik, r.Kvs[0].ModRevision))
+		}
+		r, err := s.txn(ctx, cmps, ops...)
+		if err != nil {
+			return n, err
+		}
+		if r.Succeeded {
+			undo = nil
+			return n, nil
+		}
+		if ok, err := s.has(ctx, dockerKey(dn.Host, dn.ID)); err != nil {
+			return n, err
+		} else if ok {
+			return n, fmt.Errorf("%w: Docker network %.12s is bound concurrently; try again", core.ErrInUse, dn.ID)
+		}
+		users, err := s.get(ctx, usersOf(n.Tenant, n.Name)+dn.Host+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			return n, err
+		}
+		if len(users.Kvs) > 0 {
+			return n, fmt.Errorf("%w: network %s already has Docker network %.12s on host %s", core.ErrInUse, n.Key(), lastSegment(string(users.Kvs[0].Key)), dn.Host)
+		}
+		if ok, err := s.has(ctx, networkKey(n.Tenant, n.Name)); err != nil {
+			return n, err
+		} else if !ok {
+			return n, fmt.Errorf("%w: network %s was removed or renamed meanwhile; try again", core.ErrNotFound, n.Key())
+		}
+		// An aux address changed hands meanwhile: read again.
 	}
-	if !r.Succeeded {
-		return n, fmt.Errorf("%w: an aux address of Docker network %.12s is in use on %s, or the network changed; try again", core.ErrInUse, dn.ID, n.Key())
+	return n, fmt.Errorf("bind Docker network %.12s to %s: too much contention, try again", dn.ID, n.Key())
+}
+
+// dockerTarget finds the network a Docker network joins: want.Name, or the
+// tenant's network with want's subnet.
+func (s *Store) dockerTarget(ctx context.Context, want core.Network) (core.Network, bool, error) {
+	if want.Name != "" {
+		n, _, err := s.GetNetwork(ctx, want.Tenant, want.Name)
+		if errors.Is(err, core.ErrNotFound) {
+			return want, false, nil
+		}
+		return n, err == nil, err
 	}
-	return n, nil
+	nets, err := s.Networks(ctx, want.Tenant)
+	if err != nil && !errors.Is(err, core.ErrNotFound) {
+		return want, false, err
+	}
+	for _, o := range nets {
+		if o.Subnet == want.Subnet {
+			return o, true, nil
+		}
+	}
+	return want, false, nil
+}
+
+// auxAddresses validates --aux-address values against the subnet Docker asked
+// for, in canonical form and without repeats.
+func auxAddresses(in []string, want core.Network) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, a := range in {
+		if err := core.ValidateEndpointIP(want, a); err != nil {
+			return nil, fmt.Errorf("aux address: %w", err)
+		}
+		a = net.ParseIP(a).To4().String()
+		if !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out, nil
 }
 
 // joinable checks that what Docker asked for matches an existing network.
@@ -169,271 +267,282 @@ func joinable(n, want core.Network) error {
 	return nil
 }
 
-// UnbindDockerNetwork forgets a Docker network: its aux addresses are released,
-// and a network Docker created is deleted with its last Docker network when it
-// has no endpoints left. Unknown IDs are fine (Docker retries deletes).
+// UnbindDockerNetwork forgets a Docker network: the aux addresses no other
+// Docker network of the network names are released, and a network Docker
+// created is deleted with its last Docker network when it has no endpoints
+// left. Unknown IDs are fine (Docker retries deletes).
 func (s *Store) UnbindDockerNetwork(ctx context.Context, host, id string) error {
-	dn, err := s.DockerNetwork(ctx, host, id)
-	if err != nil {
-		if errors.Is(err, core.ErrNotFound) {
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		r, err := s.get(ctx, dockerKey(host, id))
+		if err != nil || len(r.Kvs) == 0 {
+			return err
+		}
+		var dn DockerNetwork
+		if err := json.Unmarshal(r.Kvs[0].Value, &dn); err != nil {
+			// Undecodable: forget it, it can name nothing we could release.
+			_, err := s.txn(ctx, nil, clientv3.OpDelete(dockerKey(host, id)))
+			return err
+		}
+		// Only this network's users are read: the index is written with each mapping.
+		users, err := s.get(ctx, usersOf(dn.Tenant, dn.Network), clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision))
+		if err != nil {
+			return err
+		}
+		mine := userKey(dn.Tenant, dn.Network, host, id)
+		cmps := []clientv3.Cmp{unchanged(dockerKey(host, id), r.Kvs[0].ModRevision),
+			clientv3.Compare(clientv3.ModRevision(usersOf(dn.Tenant, dn.Network)), "<", r.Header.Revision+1).WithPrefix()}
+		needed := map[string]bool{}
+		others := 0
+		for _, kv := range users.Kvs {
+			if string(kv.Key) == mine {
+				continue
+			}
+			others++
+			// Another user leaving at the same time must be seen, or neither
+			// of us would release what only we two named.
+			cmps = append(cmps, unchanged(string(kv.Key), kv.ModRevision))
+			var u networkUser
+			_ = json.Unmarshal(kv.Value, &u)
+			for _, a := range u.Aux {
+				needed[a] = true
+			}
+		}
+		ops := []clientv3.Op{clientv3.OpDelete(dockerKey(host, id)), clientv3.OpDelete(mine)}
+		// Docker removes a network only once its endpoints are gone and
+		// released: what this host still reserves there no call will take
+		// or release any more.
+		ips, err := s.get(ctx, ipsOf(dn.Tenant, dn.Network), clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision))
+		if err != nil {
+			return err
+		}
+		for _, kv := range ips.Kvs {
+			if _, _, ok := reservationOf(string(kv.Value), host); ok {
+				ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(string(kv.Key)), "=", string(kv.Value))},
+					[]clientv3.Op{clientv3.OpDelete(string(kv.Key))}, nil))
+			}
+		}
+		for _, a := range dn.Aux {
+			if needed[a] {
+				continue
+			}
+			ik := ipKey(dn.Tenant, dn.Network, a)
+			// Only while it is still an aux address: an endpoint may own it by now.
+			for _, v := range []string{auxValue, auxPrefix + id} {
+				ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", v)}, []clientv3.Op{clientv3.OpDelete(ik)}, nil))
+			}
+		}
+		tr, err := s.txn(ctx, cmps, ops...)
+		if err != nil {
+			return err
+		}
+		if !tr.Succeeded {
+			continue // another host bound or unbound meanwhile: read again
+		}
+		if others > 0 {
 			return nil
 		}
-		return err
+		return s.deleteUnusedDockerNetwork(ctx, dn.Tenant, dn.Network)
 	}
-	ops := []clientv3.Op{clientv3.OpDelete(dockerKey(host, id))}
-	for _, a := range dn.Aux {
-		ops = append(ops, clientv3.OpDelete(ipKey(dn.Tenant, dn.Network, a)))
-	}
-	if _, err := s.txn(ctx, nil, ops...); err != nil {
-		return err
-	}
-	n, _, err := s.GetNetwork(ctx, dn.Tenant, dn.Network)
+	return fmt.Errorf("unbind Docker network %.12s: changed concurrently too often; try again", id)
+}
+
+// deleteUnusedDockerNetwork deletes a network Docker created once no Docker
+// network stands for it and it has no endpoints; anything else keeps it.
+func (s *Store) deleteUnusedDockerNetwork(ctx context.Context, tenant, name string) error {
+	n, rev, err := s.GetNetwork(ctx, tenant, name)
 	if err != nil || n.CreatedBy != "docker" {
 		return nil
 	}
-	r, err := s.get(ctx, dockerPrefix, clientv3.WithPrefix())
+	_, err = s.txn(ctx, []clientv3.Cmp{unchanged(networkKey(n.Tenant, n.Name), rev), emptyPrefix(ipsOf(n.Tenant, n.Name)),
+		emptyPrefix(usersOf(n.Tenant, n.Name))}, deleteNetworkOps(n)...)
+	return err
+}
+
+// IndexDockerNetworks writes the per-network index of host's Docker networks
+// that a version before the index mapped: once, at start.
+func (s *Store) IndexDockerNetworks(ctx context.Context, host string) error {
+	r, err := s.get(ctx, dockersOf(host), clientv3.WithPrefix())
 	if err != nil {
 		return err
 	}
 	for _, kv := range r.Kvs {
-		var o DockerNetwork
-		if json.Unmarshal(kv.Value, &o) == nil && o.Tenant == n.Tenant && o.Network == n.Name {
-			return nil // another host still uses it
+		var dn DockerNetwork
+		if json.Unmarshal(kv.Value, &dn) != nil {
+			continue
 		}
-	}
-	if err := s.DeleteNetwork(ctx, n.Tenant, n.Name); err != nil && !errors.Is(err, core.ErrInUse) {
-		return err
+		uk := userKey(dn.Tenant, dn.Network, host, dn.ID)
+		if _, err := s.txn(ctx, []clientv3.Cmp{unchanged(string(kv.Key), kv.ModRevision), free(uk)},
+			clientv3.OpPut(uk, mustJSON(networkUser{Aux: dn.Aux}))); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
 // RenameNetwork gives a network its real name, moving every key that names it
-// in one transaction. It is meant for a network Docker just created, so it
-// refuses networks whose keys would not fit in one transaction.
+// in one transaction: the network, its tag's value, its addresses, its hosts'
+// blocks, its endpoints, and the Docker mappings and their index. Every key
+// read is compared by revision, and each prefix must have gained no key since
+// the read, so a write that lands meanwhile (a Join, a new endpoint, another
+// host's bind) is never lost: the rename reads again and retries. It is meant
+// for a network Docker just created, so it refuses networks whose keys would not
+// fit in one transaction.
 func (s *Store) RenameNetwork(ctx context.Context, tenant, old, name string) error {
 	if err := core.ValidName("network", name); err != nil {
 		return err
 	}
-	n, rev, err := s.GetNetwork(ctx, tenant, old)
-	if err != nil {
-		return err
-	}
-	ips, err := s.get(ctx, ipsOf(tenant, old), clientv3.WithPrefix())
-	if err != nil {
-		return err
-	}
-	eps, err := s.Endpoints(ctx, tenant, old)
-	if err != nil {
-		return err
-	}
-	maps, err := s.get(ctx, dockerPrefix, clientv3.WithPrefix())
-	if err != nil {
-		return err
-	}
-	n.Name = name
-	cmps := []clientv3.Cmp{unchanged(networkKey(tenant, old), rev), free(networkKey(tenant, name)), emptyPrefix(ipsOf(tenant, name))}
-	ops := []clientv3.Op{clientv3.OpDelete(networkKey(tenant, old)), clientv3.OpPut(networkKey(tenant, name), mustJSON(n)),
-		clientv3.OpPut(tagKey(n.Encap, n.Tag), n.Key())}
-	for _, kv := range ips.Kvs {
-		cmps = append(cmps, unchanged(string(kv.Key), kv.ModRevision))
-		ops = append(ops, clientv3.OpDelete(string(kv.Key)), clientv3.OpPut(ipKey(tenant, name, lastSegment(string(kv.Key))), string(kv.Value)))
-	}
-	for _, e := range eps {
-		e.Network = name
-		ops = append(ops, clientv3.OpPut(endpointKey(e.Tenant, e.Name), mustJSON(e)))
-	}
-	for _, kv := range maps.Kvs {
-		var dn DockerNetwork
-		if json.Unmarshal(kv.Value, &dn) == nil && dn.Tenant == tenant && dn.Network == old {
-			dn.Network = name
-			cmps = append(cmps, unchanged(string(kv.Key), kv.ModRevision))
-			ops = append(ops, clientv3.OpPut(string(kv.Key), mustJSON(dn)))
-		}
-	}
-	if len(ops) > maxTxnOps || len(cmps) > maxTxnOps {
-		return fmt.Errorf("rename %s/%s to %s: too many keys to move in one transaction", tenant, old, name)
-	}
-	r, err := s.txn(ctx, cmps, ops...)
-	if err != nil {
-		return err
-	}
-	if !r.Succeeded {
-		if ok, _ := s.has(ctx, networkKey(tenant, name)); ok {
-			return fmt.Errorf("%w: network %q in tenant %q", core.ErrExists, name, tenant)
-		}
-		return fmt.Errorf("rename %s/%s: changed concurrently; try again", tenant, old)
-	}
-	return nil
-}
-
-// ReserveIP takes an address of a network for an endpoint Docker has not created
-// yet (IPAM runs before CreateEndpoint): ip, or the lowest free one in [lo, hi]
-// (0, 0: the whole subnet). It returns the address and the allocation's owner
-// value that CreateEndpointReserved must present.
-func (s *Store) ReserveIP(ctx context.Context, tenant, network, ip string, lo, hi uint32, host string) (string, string, error) {
-	owner := pendingPrefix + host + ":" + strconv.FormatInt(time.Now().UnixNano(), 10)
 	for attempt := 0; attempt < maxRetries; attempt++ {
-		n, _, err := s.GetNetwork(ctx, tenant, network)
+		cmps, ops, err := s.renameTxn(ctx, tenant, old, name)
 		if err != nil {
-			return "", "", err
+			return err
 		}
-		cand, err := s.candidateIP(ctx, n, host, ip, lo, hi, attempt > 0)
+		r, err := s.txn(ctx, cmps, ops...)
 		if err != nil {
-			return "", "", err
-		}
-		r, err := s.txn(ctx, []clientv3.Cmp{exists(networkKey(tenant, network)), free(ipKey(tenant, network, cand))},
-			clientv3.OpPut(ipKey(tenant, network, cand), owner))
-		if err != nil {
-			return "", "", err
+			return err
 		}
 		if r.Succeeded {
-			return cand, owner, nil
+			return nil
 		}
-		if ip != "" {
-			return "", "", fmt.Errorf("%w: IP %s is already used on network %s", core.ErrInUse, ip, n.Key())
-		}
-	}
-	return "", "", fmt.Errorf("reserve IP on %s/%s: too much contention, try again", tenant, network)
-}
-
-// pickIPIn is pickIP restricted to [lo, hi] when hi != 0 (Docker's --ip-range).
-func (s *Store) pickIPIn(ctx context.Context, n core.Network, lo, hi uint32, random bool) (string, error) {
-	if hi == 0 {
-		return s.pickIP(ctx, n, random)
-	}
-	// Lost races are retried by the caller; within a small range the lowest free
-	// address is as good a candidate as a random one.
-	used, err := s.usedIPs(ctx, n)
-	if err != nil {
-		return "", err
-	}
-	first, last := core.SubnetBounds(mustCIDR(n.Subnet))
-	for v := max(lo, first+1); v <= hi && v < last; v++ {
-		if !used[v] {
-			return core.IPFromUint(v).String(), nil
+		if ok, err := s.has(ctx, networkKey(tenant, name)); err != nil {
+			return err
+		} else if ok {
+			return fmt.Errorf("%w: network %q in tenant %q", core.ErrExists, name, tenant)
 		}
 	}
-	return "", fmt.Errorf("%w: no free IP left in the range of network %s", core.ErrInUse, n.Key())
+	return fmt.Errorf("rename %s/%s: %w", tenant, old, ErrConflict)
 }
 
-// ReleaseIP returns an address Docker's IPAM gave out. An address still held by
-// an endpoint Docker made releases that endpoint too: Docker releases addresses
-// of endpoints whose DeleteEndpoint it skipped (forced cleanup after a crash).
-// Addresses of endpoints made with netdcli are never touched.
-func (s *Store) ReleaseIP(ctx context.Context, tenant, network, ip, host string) error {
-	r, err := s.get(ctx, ipKey(tenant, network, ip))
-	if err != nil || len(r.Kvs) == 0 {
-		return err
-	}
-	kv := r.Kvs[0]
-	val := string(kv.Value)
-	if strings.HasPrefix(val, pendingPrefix+host+":") {
-		_, err := s.txn(ctx, []clientv3.Cmp{unchanged(ipKey(tenant, network, ip), kv.ModRevision)}, clientv3.OpDelete(ipKey(tenant, network, ip)))
-		return err
-	}
-	ep, _, err := s.GetEndpoint(ctx, tenant, val)
+// renameTxn reads, at one revision, every key naming tenant/old and returns the
+// transaction that moves them to tenant/name.
+func (s *Store) renameTxn(ctx context.Context, tenant, old, name string) ([]clientv3.Cmp, []clientv3.Op, error) {
+	nr, err := s.get(ctx, networkKey(tenant, old))
 	if err != nil {
-		return nil
+		return nil, nil, err
 	}
-	if ep.DockerEndpoint != "" && ep.Host == host && ep.Network == network && ep.IP == ip {
-		return s.DeleteEndpoint(ctx, tenant, ep.Name)
+	if len(nr.Kvs) == 0 {
+		return nil, nil, fmt.Errorf("%w: unknown network %q in tenant %q", core.ErrNotFound, old, tenant)
 	}
-	return nil
-}
-
-// CreateEndpointReserved writes an endpoint whose IP was reserved by ReserveIP
-// (owner is what ReserveIP returned), binding the address to it.
-func (s *Store) CreateEndpointReserved(ctx context.Context, ep core.Endpoint, owner string) (core.Endpoint, error) {
-	if err := core.ValidName("endpoint", ep.Name); err != nil {
-		return ep, err
+	var n core.Network
+	if err := json.Unmarshal(nr.Kvs[0].Value, &n); err != nil {
+		return nil, nil, fmt.Errorf("decode network %s/%s: %w", tenant, old, err)
 	}
-	if ep.MAC == "" {
-		ep.MAC = NewMAC()
+	rev := nr.Header.Revision
+	at := func(prefix string) (*clientv3.GetResponse, error) {
+		return s.get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
 	}
-	ik := ipKey(ep.Tenant, ep.Network, ep.IP)
-	r, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", owner), free(endpointKey(ep.Tenant, ep.Name))},
-		clientv3.OpPut(endpointKey(ep.Tenant, ep.Name), mustJSON(ep)), clientv3.OpPut(ik, ep.Name))
+	ips, err := at(ipsOf(tenant, old))
 	if err != nil {
-		return ep, err
+		return nil, nil, err
 	}
-	if !r.Succeeded {
-		if cur, _, err := s.GetEndpoint(ctx, ep.Tenant, ep.Name); err == nil && cur.IP == ep.IP && cur.DockerEndpoint == ep.DockerEndpoint {
-			return cur, nil // a repeated CreateEndpoint
+	blocks, err := at(blocksOf(tenant, old))
+	if err != nil {
+		return nil, nil, err
+	}
+	users, err := at(usersOf(tenant, old))
+	if err != nil {
+		return nil, nil, err
+	}
+	eps, err := at(endpointsOf(tenant))
+	if err != nil {
+		return nil, nil, err
+	}
+	notNewer := func(prefix string) clientv3.Cmp {
+		return clientv3.Compare(clientv3.ModRevision(prefix), "<", rev+1).WithPrefix()
+	}
+	newKey := func(k, oldPrefix, newPrefix string) string { return newPrefix + strings.TrimPrefix(k, oldPrefix) }
+	cmps := []clientv3.Cmp{unchanged(networkKey(tenant, old), nr.Kvs[0].ModRevision), free(networkKey(tenant, name)),
+		clientv3.Compare(clientv3.Value(tagKey(n.Encap, n.Tag)), "=", n.Key()),
+		emptyPrefix(ipsOf(tenant, name)), emptyPrefix(blocksOf(tenant, name)), emptyPrefix(usersOf(tenant, name)),
+		// No address, block or user added meanwhile; every endpoint of the
+		// network has an address, so none was added either.
+		notNewer(ipsOf(tenant, old)), notNewer(blocksOf(tenant, old)), notNewer(usersOf(tenant, old))}
+	n.Name = name
+	ops := []clientv3.Op{clientv3.OpDelete(networkKey(tenant, old)), clientv3.OpPut(networkKey(tenant, name), mustJSON(n)),
+		clientv3.OpPut(tagKey(n.Encap, n.Tag), n.Key())}
+	move := func(kvs []*mvccpb.KeyValue, oldPrefix, newPrefix string) {
+		for _, kv := range kvs {
+			cmps = append(cmps, unchanged(string(kv.Key), kv.ModRevision))
+			ops = append(ops, clientv3.OpDelete(string(kv.Key)), clientv3.OpPut(newKey(string(kv.Key), oldPrefix, newPrefix), string(kv.Value)))
 		}
-		return ep, fmt.Errorf("%w: IP %s on %s is not reserved for this endpoint", core.ErrInUse, ep.IP, ep.NetworkKey())
 	}
-	return ep, nil
-}
-
-// PendingIP is an address reserved by IPAM that no endpoint took.
-type PendingIP struct {
-	Tenant, Network, IP string
-	Since               time.Time
-}
-
-// PendingIPs lists the reservations of host, for garbage collection.
-func (s *Store) PendingIPs(ctx context.Context, host string) ([]PendingIP, error) {
-	r, err := s.get(ctx, ipAllocPrefix, clientv3.WithPrefix())
-	if err != nil {
-		return nil, err
+	move(ips.Kvs, ipsOf(tenant, old), ipsOf(tenant, name))
+	move(blocks.Kvs, blocksOf(tenant, old), blocksOf(tenant, name))
+	move(users.Kvs, usersOf(tenant, old), usersOf(tenant, name))
+	for _, kv := range eps.Kvs {
+		var e core.Endpoint
+		if json.Unmarshal(kv.Value, &e) != nil || e.Network != old {
+			continue
+		}
+		e.Network = name
+		cmps = append(cmps, unchanged(string(kv.Key), kv.ModRevision))
+		ops = append(ops, clientv3.OpPut(string(kv.Key), mustJSON(e)))
 	}
-	var out []PendingIP
-	for _, kv := range r.Kvs {
-		rest, ok := strings.CutPrefix(string(kv.Value), pendingPrefix+host+":")
+	for _, kv := range users.Kvs {
+		host, id, ok := strings.Cut(strings.TrimPrefix(string(kv.Key), usersOf(tenant, old)), "/")
 		if !ok {
 			continue
 		}
-		ns, _ := strconv.ParseInt(rest, 10, 64)
-		parts := strings.Split(strings.TrimPrefix(string(kv.Key), ipAllocPrefix), "/")
-		if len(parts) == 3 {
-			out = append(out, PendingIP{Tenant: parts[0], Network: parts[1], IP: parts[2], Since: time.Unix(0, ns)})
+		mr, err := s.get(ctx, dockerKey(host, id), clientv3.WithRev(rev))
+		if err != nil {
+			return nil, nil, err
 		}
+		var dn DockerNetwork
+		if len(mr.Kvs) == 0 || json.Unmarshal(mr.Kvs[0].Value, &dn) != nil || dn.Tenant != tenant || dn.Network != old {
+			continue
+		}
+		dn.Network = name
+		cmps = append(cmps, unchanged(dockerKey(host, id), mr.Kvs[0].ModRevision))
+		ops = append(ops, clientv3.OpPut(dockerKey(host, id), mustJSON(dn)))
 	}
-	return out, nil
+	if len(ops) > maxTxnOps || len(cmps) > maxTxnOps {
+		return nil, nil, fmt.Errorf("rename %s/%s to %s: too many keys to move in one transaction", tenant, old, name)
+	}
+	return cmps, ops, nil
 }
 
-// AttachNetNS records the sandbox a Docker endpoint was joined to and returns
-// the revision of the write, so that the caller can wait for the agent to see it.
-func (s *Store) AttachNetNS(ctx context.Context, tenant, name, netns string) (int64, error) {
-	ep, rev, err := s.GetEndpoint(ctx, tenant, name)
-	if err != nil {
-		return 0, err
-	}
+// AttachNetNS records the sandbox a Docker endpoint was joined to, provided the
+// endpoint is still as read at rev (the link handed to Docker was built from
+// that read; a rename meanwhile means another link), and returns the revision
+// of the write, so that the caller can wait for the agent to see it.
+func (s *Store) AttachNetNS(ctx context.Context, ep core.Endpoint, rev int64, netns string) (int64, error) {
 	ep.NetNS = netns
-	r, err := s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(tenant, name), rev)},
-		clientv3.OpPut(endpointKey(tenant, name), mustJSON(ep)))
+	r, err := s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)},
+		clientv3.OpPut(endpointKey(ep.Tenant, ep.Name), mustJSON(ep)))
 	if err != nil {
 		return 0, err
 	}
 	if !r.Succeeded {
-		return 0, fmt.Errorf("endpoint %s/%s changed concurrently; try again", tenant, name)
+		return 0, fmt.Errorf("%w: endpoint %s changed concurrently", ErrConflict, ep.Key())
 	}
 	return r.Header.Revision, nil
 }
 
-// NetworkOfSubnet finds the logical network behind a Docker network of host
-// whose subnet is subnet: IPAM calls carry only the pool, never the network.
-func (s *Store) NetworkOfSubnet(ctx context.Context, host, subnet string) (core.Network, error) {
-	// A network renamed between reading the mapping and reading the network is
-	// found on the next try: the rename moves both in one transaction.
-	for attempt := 0; attempt < 3; attempt++ {
-		mine, err := s.DockerNetworks(ctx, host)
-		if err != nil {
-			return core.Network{}, err
-		}
-		renamed := false
-		for _, dn := range mine {
+// ErrConflict: a transaction lost a race with a concurrent change; the caller
+// reads again and retries.
+var ErrConflict = errors.New("changed concurrently; try again")
+
+// DockerNetworkOfPool finds the Docker network of host whose IPAM pool is
+// poolID, and its network. A pool ID of an older version names no network:
+// legacySubnet, when given, finds the older mapping of that subnet instead.
+func (s *Store) DockerNetworkOfPool(ctx context.Context, host, poolID, legacySubnet string) (DockerNetwork, core.Network, error) {
+	mine, err := s.DockerNetworks(ctx, host)
+	if err != nil {
+		return DockerNetwork{}, core.Network{}, err
+	}
+	for _, dn := range mine {
+		if dn.PoolID == "" && legacySubnet != "" {
 			n, _, err := s.GetNetwork(ctx, dn.Tenant, dn.Network)
-			if err == nil && n.Subnet == subnet {
-				return n, nil
+			if err == nil && n.Subnet == legacySubnet {
+				return dn, n, nil
 			}
-			renamed = renamed || errors.Is(err, core.ErrNotFound)
+			continue
 		}
-		if !renamed {
-			break
+		if dn.PoolID == poolID && legacySubnet == "" {
+			n, _, err := s.GetNetwork(ctx, dn.Tenant, dn.Network)
+			return dn, n, err // not found: renamed between the reads, the caller reads again
 		}
 	}
-	return core.Network{}, fmt.Errorf("%w: no netplugin Docker network with subnet %s on %s", core.ErrNotFound, subnet, host)
+	return DockerNetwork{}, core.Network{}, fmt.Errorf("%w: no netplugin Docker network has IPAM pool %.80s on %s", core.ErrNotFound, poolID, host)
 }
 
 // SubnetRange converts an --ip-range CIDR into bounds inside its subnet.

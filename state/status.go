@@ -12,9 +12,7 @@ import (
 	"github.com/netplugin/netplugin/core"
 )
 
-// hostRecord is stored under hosts/<host>; the lease ID lets a restarted agent
-// revoke its predecessor's lease, so stale status vanishes at once instead of
-// after the TTL.
+// hostRecord is stored under hosts/<host>, bound to the agent's lease.
 type hostRecord struct {
 	core.HostInfo
 	Lease int64 `json:"lease"`
@@ -28,29 +26,74 @@ type HostSession struct {
 	host string
 }
 
-// Register starts a session for host with the given TTL in seconds.
-func (s *Store) Register(ctx context.Context, info core.HostInfo, ttl int) (*HostSession, error) {
-	if r, err := s.get(ctx, hostKey(info.Name)); err == nil && len(r.Kvs) == 1 {
+// Register takes host info.Name for this agent under a lease of ttl seconds.
+// prev is the lease of the previous agent of this host, as this machine
+// recorded it (0: none). A host held by prev is taken over with that very
+// lease, which this agent then keeps alive: the host record and the status
+// keys never disappear, so a restarted agent (SIGTERM or SIGKILL) is
+// invisible to its peers. A host held by any other live lease is another
+// agent with the same label: refused, never revoked.
+func (s *Store) Register(ctx context.Context, info core.HostInfo, ttl int, prev int64) (*HostSession, error) {
+	r, err := s.get(ctx, hostKey(info.Name))
+	if err != nil {
+		return nil, err
+	}
+	reuse := clientv3.LeaseID(0)
+	cmp := free(hostKey(info.Name))
+	if len(r.Kvs) == 1 {
 		var old hostRecord
-		if json.Unmarshal(r.Kvs[0].Value, &old) == nil && old.Lease != 0 {
-			rctx, cancel := s.op(ctx)
-			_, _ = s.cli.Revoke(rctx, clientv3.LeaseID(old.Lease)) // gone already is fine
-			cancel()
+		_ = json.Unmarshal(r.Kvs[0].Value, &old)
+		held := clientv3.LeaseID(r.Kvs[0].Lease)
+		if held == 0 || prev == 0 || int64(held) != prev {
+			return nil, fmt.Errorf("%w: host label %q is held by another agent (started %s, lease %x; a stopped one lets go when its lease expires): stop it or give this agent another --host-label",
+				core.ErrInUse, info.Name, old.Started, int64(held))
+		}
+		reuse, cmp = held, unchanged(hostKey(info.Name), r.Kvs[0].ModRevision)
+	} else if prev != 0 {
+		// The record is gone but the lease may live on with our status keys.
+		if alive, err := s.leaseAlive(ctx, clientv3.LeaseID(prev)); err != nil {
+			return nil, err
+		} else if alive {
+			reuse = clientv3.LeaseID(prev)
 		}
 	}
-	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
+	opts := []concurrency.SessionOption{concurrency.WithTTL(ttl), concurrency.WithContext(ctx)}
+	if reuse != 0 {
+		opts = append(opts, concurrency.WithLease(reuse))
+	}
+	sess, err := concurrency.NewSession(s.cli, opts...)
 	if err != nil {
 		return nil, wrapErr(err)
 	}
 	rec := hostRecord{HostInfo: info, Lease: int64(sess.Lease())}
-	pctx, cancel := s.op(ctx)
-	defer cancel()
-	if _, err := s.cli.Put(pctx, hostKey(info.Name), mustJSON(rec), clientv3.WithLease(sess.Lease())); err != nil {
+	tr, err := s.txn(ctx, []clientv3.Cmp{cmp}, clientv3.OpPut(hostKey(info.Name), mustJSON(rec), clientv3.WithLease(sess.Lease())))
+	if err != nil || !tr.Succeeded {
 		sess.Orphan()
-		return nil, wrapErr(err)
+		if reuse == 0 {
+			rctx, cancel := s.op(context.WithoutCancel(ctx))
+			_, _ = s.cli.Revoke(rctx, sess.Lease())
+			cancel()
+		}
+		if err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: host label %q was taken by another agent just now", core.ErrInUse, info.Name)
 	}
 	return &HostSession{s: s, sess: sess, host: info.Name}, nil
 }
+
+func (s *Store) leaseAlive(ctx context.Context, id clientv3.LeaseID) (bool, error) {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	r, err := s.cli.TimeToLive(ctx, id)
+	if err != nil {
+		return false, wrapErr(err)
+	}
+	return r.TTL > 0, nil
+}
+
+// Lease identifies the session's lease, for the agent's local record.
+func (h *HostSession) Lease() int64 { return int64(h.sess.Lease()) }
 
 // Done is closed when the lease is lost (etcd unreachable for longer than the TTL).
 func (h *HostSession) Done() <-chan struct{} { return h.sess.Done() }

@@ -48,9 +48,6 @@ func (b binding) alias(kind string) string { return nl.Alias(kind, b.Fingerprint
 // name on the host, this one in neither.
 func tempName(key string) string { return core.LinkPrefix + "h" + core.Short(key) }
 
-// nameRetries bounds retries when a parallel Ensure took the same free ethN.
-const nameRetries = 3
-
 // EnsureEndpoint binds the selected NIC into the endpoint's namespace. A NIC
 // already bound there with the same fingerprint is repaired in place (address,
 // up, gateway), never moved, so the container keeps its traffic. For a Docker
@@ -205,17 +202,9 @@ func (d *Driver) take(link netlink.Link, b binding, cif nl.ContainerIf) (string,
 	if err != nil {
 		return "", 0, fmt.Errorf("find %s in %s: %w", tmp, b.NetNSPath, err)
 	}
-	var name string
-	for i := 0; i < nameRetries; i++ {
-		if name, err = nl.FreeIfName(ch, "eth"); err != nil {
-			return "", 0, fmt.Errorf("netns %s: %w", b.NetNSPath, err)
-		}
-		if err = ch.LinkSetName(nic, name); !errors.Is(err, unix.EEXIST) {
-			break
-		}
-	}
+	name, err := d.names.AddNamed(b.NetNSPath, ch, "eth", func(name string) error { return ch.LinkSetName(nic, name) })
 	if err != nil {
-		return "", 0, fmt.Errorf("rename %s to %s in %s: %w", tmp, name, b.NetNSPath, err)
+		return "", 0, fmt.Errorf("rename %s to ethN in %s: %w", tmp, b.NetNSPath, err)
 	}
 	if err := nl.ConfigureIf(ch, nic, cif); err != nil {
 		return "", 0, fmt.Errorf("configure %s in %s: %w", name, b.NetNSPath, err)

@@ -108,6 +108,9 @@ type Driver struct {
 	// mu serialises everything: moves of NICs are rare, and every operation
 	// first gives stray NICs back and checks bindings against each other.
 	mu sync.Mutex
+	// names serialises picking and taking an ethN per container namespace
+	// (also under mu today; the naming stays safe should mu ever narrow).
+	names nl.Locks
 }
 
 var (

@@ -129,7 +129,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 			return obs, fmt.Errorf("ensure endpoint %s: %w", ep.Key(), err)
 		}
 		alias := nl.Alias(d.kind, fp, ep.Key())
-		if link, err = createChild(h, ch, cns, parent, ep.Key(), alias, o.Mode); err != nil {
+		if link, err = d.createChild(h, ch, cns, ep.NetNSPath, parent, ep.Key(), alias, o.Mode); err != nil {
 			if !had {
 				_ = d.recs.delEP(ep.Key())
 			}
@@ -180,20 +180,25 @@ func reusable(c child, fp, mode string, parentIndex int) bool {
 	return ok && c.fp == fp && iv.Mode == netlinkMode(mode) && c.link.Attrs().ParentIndex == parentIndex
 }
 
-// createChild makes the ipvlan child of parent inside the namespace cns, under
-// the lowest free ethN name there, marked with alias. No MAC is given: children
-// share the parent's and the kernel refuses any other.
-func createChild(h, ch *netlink.Handle, cns netns.NsHandle, parent netlink.Link, key, alias, mode string) (netlink.Link, error) {
-	name, err := nl.FreeIfName(ch, "eth")
+// createChild makes the ipvlan child of parent inside the namespace cns (at
+// nsPath), under the lowest free ethN name there, marked with alias. No MAC is
+// given: children share the parent's and the kernel refuses any other.
+func (d *Driver) createChild(h, ch *netlink.Handle, cns netns.NsHandle, nsPath string, parent netlink.Link, key, alias, mode string) (netlink.Link, error) {
+	var link netlink.Link
+	_, err := d.names.AddNamed(nsPath, ch, "eth", func(name string) error {
+		iv := &netlink.IPVlan{
+			LinkAttrs: netlink.LinkAttrs{Name: name, ParentIndex: parent.Attrs().Index,
+				Namespace: netlink.NsFd(int(cns)), Alias: alias},
+			Mode: netlinkMode(mode),
+		}
+		var err error
+		link, err = addChild(h, ch, iv, parent, key, alias)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("endpoint %s: %w", key, err)
 	}
-	iv := &netlink.IPVlan{
-		LinkAttrs: netlink.LinkAttrs{Name: name, ParentIndex: parent.Attrs().Index,
-			Namespace: netlink.NsFd(int(cns)), Alias: alias},
-		Mode: netlinkMode(mode),
-	}
-	return addChild(h, ch, iv, parent, key, alias)
+	return link, nil
 }
 
 // addChild creates iv and marks it with alias: ch is a handle in the namespace

@@ -88,6 +88,9 @@ type Driver struct {
 	kind string // alias kind of our children, kindEP qualified by Config.Host
 	recs records
 	mu   sync.Mutex
+	// names serialises picking and creating an ethN per container namespace
+	// (also under mu today; the naming stays safe should mu ever narrow).
+	names nl.Locks
 }
 
 var (

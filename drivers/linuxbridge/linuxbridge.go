@@ -6,6 +6,7 @@ package linuxbridge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/internal/nl"
@@ -34,6 +36,8 @@ type Driver struct {
 	host            string
 	// sysctlRoot is /proc/sys; a field so that the isolation sysctl is visible in one place.
 	sysctlRoot string
+	// names serialises picking and creating an ethN per container namespace.
+	names nl.Locks
 }
 
 var (
@@ -175,22 +179,27 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	}
 	defer ns.Close()
 	defer h.Close()
-	ifName, err := nl.FreeIfName(h, "eth")
-	if err != nil {
-		return obs, fmt.Errorf("netns %s: %w", ep.NetNSPath, err)
-	}
 	mac, err := net.ParseMAC(ep.MAC)
 	if err != nil {
 		return obs, fmt.Errorf("MAC of %s: %w", ep.Key(), err)
 	}
 	veth := &netlink.Veth{
 		LinkAttrs:        netlink.LinkAttrs{Name: hostName, MasterIndex: br.Attrs().Index, Flags: net.FlagUp},
-		PeerName:         ifName,
 		PeerNamespace:    netlink.NsFd(int(ns)),
 		PeerHardwareAddr: mac,
 	}
-	if err := netlink.LinkAdd(veth); err != nil {
-		return obs, fmt.Errorf("create veth %s/%s for %s: %w", hostName, ifName, ep.Key(), err)
+	ifName, err := d.names.AddNamed(ep.NetNSPath, h, "eth", func(name string) error {
+		veth.PeerName = name
+		err := netlink.LinkAdd(veth)
+		if errors.Is(err, unix.EEXIST) {
+			if _, herr := netlink.LinkByName(hostName); herr == nil {
+				err = fmt.Errorf("host end %s exists: %v", hostName, err) // not the ethN: no other name helps
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return obs, fmt.Errorf("create veth %s/%s for %s: %w", hostName, veth.PeerName, ep.Key(), err)
 	}
 	ok := false
 	defer func() {

@@ -30,10 +30,6 @@ type epRecord struct {
 	Addr        string `json:"addr"`          // IP/prefix
 }
 
-// nameRetries bounds retries when a parallel Ensure took the same free ethN in
-// one namespace (a container on two networks).
-const nameRetries = 3
-
 // target is what a spec asks of the kernel, checked against the host: the
 // record to keep and what creating or judging the child needs.
 type target struct {
@@ -127,7 +123,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 // ensureIn keeps or makes the endpoint's child inside the namespace of h (ns).
 func (d *Driver) ensureIn(h *netlink.Handle, ns netns.NsHandle, t target, obs core.ObservedEndpoint, log *logrus.Entry) (core.ObservedEndpoint, error) {
 	rec := t.rec
-	children, used, err := listChildren(h, rec.Key, rec.MAC)
+	children, _, err := listChildren(h, rec.Key, rec.MAC)
 	if err != nil {
 		return obs, fmt.Errorf("endpoint %s: netns %s: %w", rec.Key, rec.NetNSPath, err)
 	}
@@ -151,10 +147,7 @@ func (d *Driver) ensureIn(h *netlink.Handle, ns netns.NsHandle, t target, obs co
 		return obs, nil
 	}
 
-	for _, c := range children {
-		delete(used, c.Link.Attrs().Name) // removed above
-	}
-	child, err := d.createChild(h, ns, t.lower, rec, t.mode, t.mac, nl.Alias(kindEP, rec.Fingerprint, rec.Key), used)
+	child, err := d.createChild(h, ns, t.lower, rec, t.mode, t.mac, nl.Alias(kindEP, rec.Fingerprint, rec.Key))
 	if err != nil {
 		// Nothing of this endpoint exists now; forget it so that a refused
 		// endpoint leaves no trace.
@@ -182,32 +175,31 @@ func (d *Driver) ensureIn(h *netlink.Handle, ns netns.NsHandle, t target, obs co
 func tmpChildName(key string) string { return core.LinkPrefix + "m" + core.Short(key) }
 
 // createChild makes the macvlan child inside the namespace of h (ns), named the
-// lowest ethN not in used, and marks it with alias. The kernel ignores an alias
+// lowest free ethN there (nl.Locks.AddNamed: two endpoints of one container
+// never race for a name), and marks it with alias. The kernel ignores an alias
 // given at creation; until it is set, the recorded MAC identifies the child.
 func (d *Driver) createChild(h *netlink.Handle, ns netns.NsHandle, lower netlink.Link, rec epRecord,
-	mode netlink.MacvlanMode, mac net.HardwareAddr, alias string, used map[string]bool) (netlink.Link, error) {
-	name := tmpChildName(rec.Key)
-	if mac != nil {
-		for i := 0; ; i++ {
-			if n := fmt.Sprintf("eth%d", i); !used[n] {
-				name = n
-				break
-			}
-		}
-	}
-	mv := &netlink.Macvlan{Mode: mode, LinkAttrs: netlink.LinkAttrs{Name: name, ParentIndex: lower.Attrs().Index,
+	mode netlink.MacvlanMode, mac net.HardwareAddr, alias string) (netlink.Link, error) {
+	mv := &netlink.Macvlan{Mode: mode, LinkAttrs: netlink.LinkAttrs{ParentIndex: lower.Attrs().Index,
 		Namespace: netlink.NsFd(int(ns)), HardwareAddr: mac}}
 	// The host handle resolves the parent in the host namespace; the kernel
 	// creates the child directly in the container's (no move, no RCU wait).
-	err := d.host.LinkAdd(mv)
-	if errors.Is(err, unix.EEXIST) && name != tmpChildName(rec.Key) {
-		// A parallel Ensure of another endpoint took ethN in the same
-		// namespace: fall back to the temporary name and a rename.
-		mv.Name = tmpChildName(rec.Key)
-		err = d.host.LinkAdd(mv)
+	add := func(name string) error {
+		mv.Name = name
+		if err := d.host.LinkAdd(mv); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return err // the name is taken: try the next
+			}
+			return addError(err, rec)
+		}
+		return nil
 	}
-	if err != nil {
-		return nil, addError(err, rec)
+	if mac != nil {
+		if _, err := d.names.AddNamed(rec.NetNSPath, h, "eth", add); err != nil {
+			return nil, err
+		}
+	} else if err := add(tmpChildName(rec.Key)); err != nil {
+		return nil, err
 	}
 	child, err := h.LinkByName(mv.Name)
 	if err != nil {
@@ -217,18 +209,10 @@ func (d *Driver) createChild(h *netlink.Handle, ns netns.NsHandle, lower netlink
 		_ = h.LinkDel(child)
 		return nil, fmt.Errorf("mark %s: %w", mv.Name, err)
 	}
-	if mv.Name != tmpChildName(rec.Key) {
+	if mac != nil {
 		return child, nil
 	}
-	for i := 0; i < nameRetries; i++ {
-		if name, err = nl.FreeIfName(h, "eth"); err != nil {
-			break
-		}
-		// EEXIST: a parallel Ensure took this name in the same namespace.
-		if err = h.LinkSetName(child, name); !errors.Is(err, unix.EEXIST) {
-			break
-		}
-	}
+	name, err := d.names.AddNamed(rec.NetNSPath, h, "eth", func(name string) error { return h.LinkSetName(child, name) })
 	if err != nil {
 		_ = h.LinkDel(child)
 		return nil, fmt.Errorf("name %s in %s: %w", mv.Name, rec.NetNSPath, err)

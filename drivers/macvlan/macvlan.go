@@ -113,6 +113,8 @@ type Driver struct {
 	// mu serialises network changes: the mode check reads every network record
 	// and the subinterface clean-up must not race a network being ensured.
 	mu sync.Mutex
+	// names serialises picking and creating an ethN per container namespace.
+	names nl.Locks
 }
 
 var (

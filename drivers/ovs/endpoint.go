@@ -230,34 +230,28 @@ func (d *Driver) createVeth(ep core.EndpointSpec, name string, mac net.HardwareA
 }
 
 // addVeth creates the pair, its peer named the lowest free ethN of the
-// container's namespace. Naming and creating happen under the namespace's lock
-// so that two endpoints of one container never race for the same name.
+// container's namespace (nl.Locks.AddNamed: two endpoints of one container
+// never race for the same name).
 func (d *Driver) addVeth(h *netlink.Handle, ns netns.NsHandle, ep core.EndpointSpec, name, alias string, mac net.HardwareAddr) (string, error) {
-	defer d.lockNS(ep.NetNSPath)()
-	// Someone outside the driver may still take our ethN between the listing
-	// and the create; then retry with the next free name.
-	for attempt := 0; ; attempt++ {
-		peerName, err := nl.FreeIfName(h, "eth")
-		if err != nil {
-			return "", fmt.Errorf("netns %s: %w", ep.NetNSPath, err)
-		}
-		veth := &netlink.Veth{
-			LinkAttrs:        netlink.LinkAttrs{Name: name, Flags: net.FlagUp, Alias: alias},
-			PeerName:         peerName,
-			PeerNamespace:    netlink.NsFd(int(ns)),
-			PeerHardwareAddr: mac,
-		}
-		err = d.host.LinkAdd(veth)
-		if err == nil {
-			return peerName, nil
-		}
-		if !errors.Is(err, unix.EEXIST) || attempt == 2 {
-			return "", fmt.Errorf("create veth %s/%s for %s: %w", name, peerName, ep.Key(), err)
-		}
-		if _, herr := d.host.LinkByName(name); herr == nil {
-			return "", fmt.Errorf("create veth %s for %s: %w", name, ep.Key(), err) // the host end, not ethN
-		}
+	veth := &netlink.Veth{
+		LinkAttrs:        netlink.LinkAttrs{Name: name, Flags: net.FlagUp, Alias: alias},
+		PeerNamespace:    netlink.NsFd(int(ns)),
+		PeerHardwareAddr: mac,
 	}
+	peerName, err := d.nsLocks.AddNamed(ep.NetNSPath, h, "eth", func(peer string) error {
+		veth.PeerName = peer
+		err := d.host.LinkAdd(veth)
+		if errors.Is(err, unix.EEXIST) {
+			if _, herr := d.host.LinkByName(name); herr == nil {
+				err = fmt.Errorf("host end exists: %v", err) // not the ethN: no other name helps
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("create veth %s/%s for %s: %w", name, veth.PeerName, ep.Key(), err)
+	}
+	return peerName, nil
 }
 
 // RemoveEndpoint deletes the port, then the host end of the veth (the kernel

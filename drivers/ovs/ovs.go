@@ -35,7 +35,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"os"
 	"os/exec"
@@ -160,13 +159,13 @@ type Driver struct {
 	netsMu sync.Mutex
 	nets   map[string]netRecord
 
-	// epLocks serialises work on one endpoint (striped by key) so that two
-	// workers never race to create the same port.
-	epLocks [64]sync.Mutex
+	// epLocks serialises work on one endpoint (by key) so that two workers
+	// never race to create the same port.
+	epLocks nl.Locks
 	// nsLocks serialise picking the lowest free ethN and creating it within
-	// one container namespace (striped by path): two endpoints of one
-	// container would otherwise race for the same name.
-	nsLocks [64]sync.Mutex
+	// one container namespace (by path): two endpoints of one container would
+	// otherwise race for the same name.
+	nsLocks nl.Locks
 	batch   *batcher
 }
 
@@ -349,18 +348,7 @@ func (d *Driver) vswitchdUp() error {
 }
 
 // lockKey serialises work on one endpoint key.
-func (d *Driver) lockKey(key string) func() { return lockStripe(&d.epLocks, key) }
-
-// lockNS serialises interface naming in one namespace.
-func (d *Driver) lockNS(path string) func() { return lockStripe(&d.nsLocks, path) }
-
-func lockStripe(locks *[64]sync.Mutex, s string) func() {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(s))
-	m := &locks[h.Sum32()%uint32(len(locks))]
-	m.Lock()
-	return m.Unlock
-}
+func (d *Driver) lockKey(key string) func() { return d.epLocks.Lock(key) }
 
 // ours reports whether an external_ids map carries our owner mark.
 func ours(ext map[string]string) bool { return ext[extOwner] == ownerValue }

@@ -106,3 +106,30 @@ func NetNSID(path string) (string, error) {
 	}
 	return fmt.Sprintf("%d:%d", st.Dev, st.Ino), nil
 }
+
+// nsfsMagic is the statfs type of namespace files (NSFS_MAGIC).
+const nsfsMagic = 0x6e736673
+
+// CheckNetNS identifies the network namespace file at path ("device:inode")
+// after checking that it is one (a bind mount of nsfs, or /proc/PID/ns/net)
+// and that it is not one of the given namespaces the agent must never plug
+// containers into: its own, where the host's interfaces live.
+func CheckNetNS(path string, forbidden ...string) (string, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return "", fmt.Errorf("netns %s: %w", path, err)
+	}
+	if fs.Type != nsfsMagic {
+		return "", fmt.Errorf("netns %s is not a network namespace (not an nsfs file)", path)
+	}
+	id, err := NetNSID(path)
+	if err != nil {
+		return "", err
+	}
+	for _, f := range forbidden {
+		if f != "" && id == f {
+			return "", fmt.Errorf("netns %s is the host's own network namespace: refused", path)
+		}
+	}
+	return id, nil
+}

@@ -117,3 +117,17 @@ func MarkedLinks(t testing.TB, host string) []string {
 	}
 	return out
 }
+
+// RemoveMarkedAtCleanup deletes, when the test ends, every host-namespace link
+// still marked as owned by host's agent: a test that fails half-way must not
+// leave bridges whose addresses break the next run. Register it before the
+// agent is started, so that it runs after the agent stopped.
+func RemoveMarkedAtCleanup(t testing.TB, host string) {
+	t.Cleanup(func() {
+		for _, name := range MarkedLinks(t, host) {
+			if l, err := netlink.LinkByName(name); err == nil {
+				_ = netlink.LinkDel(l)
+			}
+		}
+	})
+}

@@ -9,15 +9,15 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 
+	"github.com/netplugin/netplugin/internal/nl"
 	"github.com/netplugin/netplugin/internal/routes"
 
 	"github.com/netplugin/netplugin/core"
@@ -42,8 +42,12 @@ type Config struct {
 	Resync     time.Duration     // full resync period; events only make it sooner
 	Workers    int               // endpoints programmed in parallel
 	LeaseTTL   int               // seconds
-	Log        *logrus.Entry
-	Metrics    *Metrics
+	// LeaseFile records this host's lease for the next agent; ClusterFile the
+	// store this host is programmed from (see identity.go). "": not kept.
+	LeaseFile, ClusterFile string
+	AdoptCluster           bool // take the store's cluster ID even if this host was programmed from another
+	Log                    *logrus.Entry
+	Metrics                *Metrics
 }
 
 // Agent reconciles one host.
@@ -63,10 +67,17 @@ type Agent struct {
 	written map[string]core.EndpointStatus
 	// resolved caches container -> namespace; revalidated by stat on every use.
 	resolved map[string]resolvedNS
+	// hostNS are the namespaces never to plug a container into: the agent's
+	// own and the machine's (PID 1's), as device:inode.
+	hostNS []string
 
 	// syncMu serialises syncs with Exclusive callers (the Docker plugin), which
 	// program links the agent must not see half-made.
 	syncMu sync.Mutex
+
+	clusterID     string       // of the store this host is programmed from
+	problem       atomic.Value // string: why the agent holds back, for /healthz
+	etcdDownSince atomic.Int64 // unix nanos of the first failed etcd request of an outage; 0: up
 
 	lastGood atomic.Int64 // unix nanos of the last successful sync
 	synced   atomic.Int64 // number of completed syncs, for tests
@@ -90,6 +101,11 @@ func New(cfg Config) *Agent {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log.WithField("host", cfg.Host), trigger: make(chan struct{}, 1),
 		written: map[string]core.EndpointStatus{}, resolved: map[string]resolvedNS{}}
+	for _, p := range []string{"/proc/self/ns/net", "/proc/1/ns/net"} {
+		if id, err := nl.NetNSID(p); err == nil {
+			a.hostNS = append(a.hostNS, id)
+		}
+	}
 	a.cache = state.NewCache(cfg.Store.Client(), state.ConfigPrefix, a.Poke, a.log)
 	a.hosts = state.NewCache(cfg.Store.Client(), state.HostPrefix, a.Poke, a.log)
 	a.blocks = state.NewCache(cfg.Store.Client(), state.BlockPrefix, a.Poke, a.log)
@@ -104,60 +120,72 @@ func (a *Agent) Poke() {
 	}
 }
 
-// Healthy reports whether a sync succeeded recently.
+// Healthy reports whether a sync succeeded recently and nothing holds the
+// agent back; Problem says what does.
 func (a *Agent) Healthy() bool {
 	last := a.lastGood.Load()
-	return last != 0 && time.Since(time.Unix(0, last)) < 3*a.cfg.Resync
+	return a.Problem() == "" && last != 0 && time.Since(time.Unix(0, last)) < 3*a.cfg.Resync
+}
+
+// Problem is why the agent cannot do its job right now, or "".
+func (a *Agent) Problem() string {
+	if p, _ := a.problem.Load().(string); p != "" {
+		return p
+	}
+	if down := a.etcdDownSince.Load(); down != 0 {
+		return "etcd unreachable since " + time.Unix(0, down).UTC().Format(time.RFC3339) + "; the dataplane is kept as it is"
+	}
+	return ""
+}
+
+func (a *Agent) setProblem(p string) { a.problem.Store(p) }
+
+// etcdUp records whether the last etcd request worked, for /healthz and the
+// netplugin_etcd_up metric.
+func (a *Agent) etcdUp(up bool) {
+	if up {
+		a.etcdDownSince.Store(0)
+		a.cfg.Metrics.etcdUp.Set(1)
+		return
+	}
+	a.etcdDownSince.CompareAndSwap(0, time.Now().UnixNano())
+	a.cfg.Metrics.etcdUp.Set(0)
 }
 
 // Syncs returns how many syncs completed.
 func (a *Agent) Syncs() int64 { return a.synced.Load() }
 
 // Run reconciles until ctx ends. It keeps retrying when etcd is unreachable.
+// It returns an error only when this agent must not run: its host label is
+// held by another agent.
 func (a *Agent) Run(ctx context.Context) error {
+	if err := a.checkCluster(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	go a.cache.Run(ctx)
 	go a.hosts.Run(ctx)
 	go a.blocks.Run(ctx)
-	for {
-		sess, err := a.register(ctx)
+	for first := true; ; first = false {
+		sess, err := a.register(ctx, first)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return err
 		}
 		err = a.loop(ctx, sess)
 		if ctx.Err() != nil {
-			// A clean stop revokes the lease so that this host's status goes at
-			// once; the dataplane itself stays as it is.
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			defer cancel()
-			sess.Revoke(cctx)
+			// The lease is left to the next agent of this host, which takes it
+			// over (an upgrade or restart is invisible to peers), or to expire.
+			sess.Orphan()
 			return nil
 		}
+		a.etcdUp(false)
 		a.log.WithError(err).Warn("host lease lost; registering again")
 		a.written = map[string]core.EndpointStatus{} // the status went with the lease
-	}
-}
-
-func (a *Agent) register(ctx context.Context) (*state.HostSession, error) {
-	names := make([]string, 0, len(a.cfg.Drivers))
-	for n := range a.cfg.Drivers {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	backoff := 200 * time.Millisecond
-	for {
-		sess, err := a.cfg.Store.Register(ctx, core.HostInfo{Name: a.cfg.Host, VTEP: a.cfg.VTEP, Drivers: names,
-			Started: time.Now().UTC().Format(time.RFC3339)}, a.cfg.LeaseTTL)
-		if err == nil {
-			return sess, nil
-		}
-		a.cfg.Metrics.etcdErrors.Inc()
-		a.log.WithError(err).Warn("cannot register host; retrying")
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
@@ -212,6 +240,11 @@ func (a *Agent) SyncOnce(ctx context.Context, sess *state.HostSession) error {
 	a.syncMu.Lock()
 	defer a.syncMu.Unlock()
 	kvs, _ := a.cache.Snapshot()
+	if err := a.mirrorIsOurs(kvs); err != nil {
+		a.setProblem(err.Error())
+		return err
+	}
+	a.setProblem("")
 	nets, eps, err := state.DecodeConfig(kvs)
 	if err != nil {
 		return err
@@ -278,7 +311,10 @@ func (a *Agent) SyncOnce(ctx context.Context, sess *state.HostSession) error {
 	}
 	if err := a.writeStatus(ctx, sess, status); err != nil {
 		a.cfg.Metrics.etcdErrors.Inc()
+		a.etcdUp(false)
 		errs = append(errs, err)
+	} else {
+		a.etcdUp(true)
 	}
 	a.cfg.Metrics.setEndpoints(status)
 	return errors.Join(errs...)
@@ -466,25 +502,37 @@ func parallel[T any](ctx context.Context, n int, items []T, f func(T) error) []e
 	return errs
 }
 
-// resolve finds the namespace of an endpoint and its identity (device:inode).
+// resolve finds the namespace of an endpoint and its identity (device:inode),
+// refusing anything that is not a network namespace, and the host's own.
 func (a *Agent) resolve(ctx context.Context, ep core.Endpoint) (string, string, error) {
 	if ep.DockerEndpoint != "" {
-		// Docker owns the sandbox's lifetime; see core.SandboxNetNSID.
-		return ep.NetNS, core.SandboxNetNSID(ep.NetNS), nil
+		// Docker owns the sandbox's lifetime; see core.SandboxNetNSID. The
+		// namespace may not exist yet (Docker joins before it starts the
+		// container); once it does, it must be a namespace of its own.
+		path, err := core.NetNSPath(ep.NetNS)
+		if err != nil {
+			return "", "", err
+		}
+		if _, err := os.Stat(path); err == nil {
+			if _, err := nl.CheckNetNS(path, a.hostNS...); err != nil {
+				return "", "", err
+			}
+		}
+		return path, core.SandboxNetNSID(path), nil
 	}
 	if ep.NetNS != "" {
-		path := ep.NetNS
-		if !strings.HasPrefix(path, "/") {
-			path = "/var/run/netns/" + path
-		}
-		id, err := nsID(path)
+		path, err := core.NetNSPath(ep.NetNS)
 		if err != nil {
-			return "", "", fmt.Errorf("netns %s: %w", ep.NetNS, err)
+			return "", "", err
+		}
+		id, err := nl.CheckNetNS(path, a.hostNS...)
+		if err != nil {
+			return "", "", err
 		}
 		return path, id, nil
 	}
 	if r, ok := a.resolved[ep.ContainerID]; ok {
-		if id, err := nsID(r.path); err == nil && id == r.id {
+		if id, err := nl.NetNSID(r.path); err == nil && id == r.id {
 			return r.path, r.id, nil // same process, same namespace: no Docker round trip
 		}
 		delete(a.resolved, ep.ContainerID)
@@ -496,20 +544,13 @@ func (a *Agent) resolve(ctx context.Context, ep core.Endpoint) (string, string, 
 	if err != nil {
 		return "", "", err
 	}
-	id, err := nsID(path)
+	// A container run with --network host shares the host's namespace.
+	id, err := nl.CheckNetNS(path, a.hostNS...)
 	if err != nil {
 		return "", "", fmt.Errorf("container %s: %w", ep.ContainerName, err)
 	}
 	a.resolved[ep.ContainerID] = resolvedNS{path, id}
 	return path, id, nil
-}
-
-func nsID(path string) (string, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return "", fmt.Errorf("stat %s: %w", path, err)
-	}
-	return fmt.Sprintf("%d:%d", st.Dev, st.Ino), nil
 }
 
 // writeStatus writes the status that changed and deletes status of endpoints

@@ -3,7 +3,9 @@ package agent_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,15 +20,24 @@ import (
 // startAgent runs an agent until the returned stop is called (or the test ends).
 func startAgent(t *testing.T, s *state.Store, host string) (stop func()) {
 	t.Helper()
+	nstest.RemoveMarkedAtCleanup(t, host)
 	ctx, cancel := context.WithCancel(context.Background())
 	log := etcdtest.Log(t)
 	a := agent.New(agent.Config{Host: host, Store: s, Drivers: map[string]core.Driver{linuxbridge.Name: linuxbridge.New(log, host)},
-		Resync: 500 * time.Millisecond, Log: log})
+		Resync: 500 * time.Millisecond, Log: log, LeaseFile: leaseFile(t, host)})
 	done := make(chan struct{})
 	go func() { defer close(done); _ = a.Run(ctx) }()
 	stop = func() { cancel(); <-done }
 	t.Cleanup(stop)
 	return stop
+}
+
+// leaseFile is where the agents of host record their lease: one path for the
+// whole test, so that a restarted agent takes its predecessor's lease over.
+func leaseFile(t *testing.T, host string) string {
+	path := filepath.Join(os.TempDir(), "np-agent-test-"+host+".lease")
+	t.Cleanup(func() { _ = os.Remove(path) })
+	return path
 }
 
 // waitStatus polls until every named endpoint has the given state on host.
@@ -94,9 +105,10 @@ func TestAgentEndToEnd(t *testing.T) {
 	nstest.MustPing(t, p+"c", "10.78.2.254") // c itself works: what follows is isolation
 	nstest.MustNotPing(t, p+"a", "10.78.2.1")
 
-	// Restart: the same links (same ifindex) stay, status returns to up.
+	// Restart: the same links (same ifindex) stay, and status stays up: the
+	// next agent takes the lease over.
 	stop()
-	waitStatus(t, s, host, "", p+"/a") // a clean stop revokes the lease: status gone
+	waitStatus(t, s, host, core.StateUp, p+"/a")
 	startAgent(t, s, host)
 	st2 := waitStatus(t, s, host, core.StateUp, p+"/a", p+"/b", p+"/c")
 	for k := range st {

@@ -16,6 +16,7 @@ type Metrics struct {
 	syncs        *prometheus.CounterVec
 	endpoints    *prometheus.GaugeVec
 	etcdErrors   prometheus.Counter
+	etcdUp       prometheus.Gauge
 }
 
 // NewMetrics creates and registers the series.
@@ -30,8 +31,10 @@ func NewMetrics() *Metrics {
 			Help: "Endpoints of this host by state."}, []string{"state"}),
 		etcdErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "netplugin_etcd_errors_total",
 			Help: "Failed etcd requests (registration, status writes)."}),
+		etcdUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: "netplugin_etcd_up",
+			Help: "1 when the agent's last etcd request succeeded, 0 during an outage (the dataplane is kept)."}),
 	}
-	m.Registry.MustRegister(m.syncDuration, m.syncs, m.endpoints, m.etcdErrors)
+	m.Registry.MustRegister(m.syncDuration, m.syncs, m.endpoints, m.etcdErrors, m.etcdUp)
 	return m
 }
 
