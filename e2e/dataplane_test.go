@@ -250,9 +250,6 @@ func TestConcurrentEndpointsOnThreeHosts(t *testing.T) {
 // allocated once, in its own tenant's network only (and freed with it).
 func TestDockerTenantsShareSubnet(t *testing.T) {
 	requireE2E(t)
-	t.Skip("needs the Docker IPAM to allocate in the container's own tenant: RequestAddress finds the network by " +
-		"subnet and host alone (Store.NetworkOfSubnet), so the second tenant's container also reserves its address " +
-		"in the first tenant's network, where it stays after the container and both networks are gone")
 	c := sharedCluster(t)
 	p := nstest.Prefix()
 	tenants := []string{p + "blue", p + "red"}
