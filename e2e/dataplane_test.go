@@ -72,8 +72,7 @@ func TestNetworksSpanThreeHosts(t *testing.T) {
 	}{
 		{name: "ovs-vlan", driver: "ovs", tagType: "vlan", tags: [2]int{101, 102}},
 		{name: "ovs-vxlan", driver: "ovs", tagType: "vxlan", tags: [2]int{5101, 5102}},
-		{name: "linuxbridge-vxlan", driver: "linuxbridge", tagType: "vxlan", tags: [2]int{5201, 5202},
-			skip: "needs linuxbridge VXLAN (a VXLAN device per network, remote VTEPs as FDB entries from etcd)"},
+		{name: "linuxbridge-vxlan", driver: "linuxbridge", tagType: "vxlan", tags: [2]int{5201, 5202}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.skip != "" {

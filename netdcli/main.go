@@ -120,6 +120,7 @@ func dispatch(c *cli.Context, out io.Writer, in io.Reader) error {
 		{"create", "network"}: cmd.createNetwork, {"get", "network"}: cmd.getNetworks, {"delete", "network"}: cmd.deleteNetwork,
 		{"create", "endpoint"}: cmd.createEndpoint, {"get", "endpoint"}: cmd.getEndpoints, {"delete", "endpoint"}: cmd.deleteEndpoint,
 		{"attach", "endpoint"}: cmd.attach, {"detach", "endpoint"}: cmd.detach,
+		{"get", "host"}: cmd.getHosts, {"delete", "host"}: cmd.deleteHost,
 	}
 	h, ok := handlers[op{oper, construct}]
 	if !ok {
@@ -281,6 +282,44 @@ func (m *command) createTenant(ctx context.Context) error {
 }
 
 func (m *command) deleteTenant(ctx context.Context) error { return m.s.DeleteTenant(ctx, m.name) }
+
+// deleteHost forgets a host gone for good and frees what it held.
+func (m *command) deleteHost(ctx context.Context) error {
+	d, err := m.s.DeleteHost(ctx, m.name)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(m.out, "host %s deleted: %d endpoints, %d Docker networks, %d reservations, %d routed blocks freed\n",
+		m.name, d.Endpoints, d.DockerNetworks, d.Reservations, d.Blocks)
+	return err
+}
+
+func (m *command) getHosts(ctx context.Context) error {
+	hs, err := m.s.Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	if m.name != "" {
+		var found []core.HostInfo
+		for _, h := range hs {
+			if h.Name == m.name {
+				found = append(found, h)
+			}
+		}
+		if len(found) == 0 {
+			return fmt.Errorf("%w: host %q is not registered", core.ErrNotFound, m.name)
+		}
+		hs = found
+	}
+	if m.c.Bool("json") {
+		return m.printJSON(hs)
+	}
+	rows := [][]string{}
+	for _, h := range hs {
+		rows = append(rows, []string{h.Name, dash(h.VTEP), strings.Join(h.Drivers, ","), h.Started})
+	}
+	return m.table("HOST\tVTEP\tDRIVERS\tSTARTED", rows)
+}
 
 func (m *command) getTenants(ctx context.Context) error {
 	ts, err := m.s.Tenants(ctx)

@@ -128,7 +128,7 @@ func run(c *cli.Context) error {
 			}
 			drivers[name] = d
 		case ipvlan.Name:
-			drivers[name] = ipvlan.New(log, ipvlan.Config{Host: c.String("host-label")})
+			drivers[name] = ipvlan.New(log, ipvlan.Config{Host: c.String("host-label"), StateDir: stateDir(c.String("run-dir"), ipvlan.Name, c.String("host-label"))})
 		case macvlan.Name:
 			d, err := macvlan.New(log, macvlan.Config{StateDir: stateDir(c.String("run-dir"), macvlan.Name, c.String("host-label"))})
 			if err != nil {
