@@ -13,8 +13,12 @@ import (
 	"github.com/netplugin/netplugin/internal/nl"
 )
 
-// VXLANPort is the IANA VXLAN port, which every host's devices use.
-const VXLANPort = 4789
+// VXLANPort is the UDP port of every host's VXLAN devices: 8472 (the Linux
+// kernel's historical default, flannel's too), not IANA's 4789, because OVS's
+// userspace datapath pops every VXLAN packet sent to 4789 at a VTEP address its
+// tunnels use: on a host that runs both drivers over one --vtep-ip, the kernel
+// device would never see its own packets.
+const VXLANPort = 8472
 
 // vxlanOverhead is what VXLAN over IPv4 adds to a frame: outer IPv4 (20), UDP
 // (8), VXLAN (8) and the inner Ethernet header (14).

@@ -186,7 +186,7 @@ func TestVXLANAcrossHosts(t *testing.T) {
 	}
 	dev := VXLANName(h1.ns, vxA.Key())
 	if out := nstest.Exec(t, h1.ns, "ip", "-d", "link", "show", dev); !strings.Contains(out, "vxlan id 5101") ||
-		!strings.Contains(out, "local 10.88.0.1") || !strings.Contains(out, "dstport 4789") ||
+		!strings.Contains(out, "local 10.88.0.1") || !strings.Contains(out, "dstport 8472") ||
 		!strings.Contains(out, "nolearning") || !strings.Contains(out, "proxy") || !strings.Contains(out, "mtu 1350") ||
 		!strings.Contains(out, "master "+BridgeName(h1.ns, vxA.Key())) || !strings.Contains(out, "alias netplugin:lbvx@"+h1.ns+":") {
 		t.Fatalf("VXLAN device:\n%s", out)
