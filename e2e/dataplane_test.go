@@ -300,3 +300,24 @@ func TestDockerTenantsShareSubnet(t *testing.T) {
 		}
 	}
 }
+
+// TestMacvlanAcrossHosts: a macvlan network whose parent is every host's
+// underlay interface par0 spans the hosts through the switch the parents plug
+// into: an endpoint on each host reaches every other. (Two tenants on one
+// parent share its L2 segment: macvlan keeps tenants apart only with
+// -opt vlan=ID, which needs 802.1Q, tested in the kernel lab.)
+func TestMacvlanAcrossHosts(t *testing.T) {
+	c := sharedCluster(t)
+	p := nstest.Prefix()
+	tenant := c.newTenant(t, "h1", p)
+	c.netdcli(t, "h1", "-oper", "create", "-construct", "network", "-tenant", tenant, "-driver", "macvlan",
+		"-opt", "parent=par0", "-subnet", "10.66.0.0/24", "net")
+	var eps []*ep
+	for i, h := range c.hosts() {
+		e := &ep{tenant: tenant, net: "net", name: fmt.Sprintf("m%d", i+1), host: h, ip: fmt.Sprintf("10.66.0.%d", i+1)}
+		c.addEP(t, p, e)
+		eps = append(eps, e)
+	}
+	c.waitUp(t, 60*time.Second, eps...)
+	meshReachable(t, eps)
+}
