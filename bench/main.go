@@ -40,7 +40,7 @@ func main() {
 	n := flag.Int("n", 500, "endpoints per benchmark")
 	np := flag.String("netplugin", "bin/netplugin", "netplugin binary")
 	out := flag.String("out", "bench/results.json", "results file")
-	only := flag.String("only", "", "comma-separated benchmark groups to run (linuxbridge, macvlan, ovs, docker, xhost); empty: all")
+	only := flag.String("only", "", "comma-separated benchmark groups to run (linuxbridge, macvlan, ovs, docker, xhost, fleet); empty: all")
 	flag.Parse()
 	log := logrus.NewEntry(logrus.New())
 	if os.Geteuid() != 0 {
@@ -55,6 +55,7 @@ func main() {
 		"macvlan":     b.macvlan,
 		"ovs":         b.ovs,
 		"xhost":       b.xhost,
+		"fleet":       b.fleet,
 	}
 	var names []string
 	for g := range groups {

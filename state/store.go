@@ -11,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/netplugin/netplugin/core"
 )
@@ -62,6 +63,9 @@ func Connect(ctx context.Context, endpoints []string, timeout time.Duration, log
 		for i, e := range endpoints {
 			cfg.Endpoints[i] = "https://" + hostPort(e)
 		}
+	}
+	if o.dial != nil {
+		cfg.DialOptions = append(cfg.DialOptions, grpc.WithContextDialer(o.dial))
 	}
 	where := strings.Join(endpoints, ",")
 	cli, err := clientv3.New(cfg)

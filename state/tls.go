@@ -50,10 +50,19 @@ func (f TLSFiles) Config() (*tls.Config, error) {
 // ConnectOption adjusts Connect.
 type ConnectOption func(*connectOpts)
 
-type connectOpts struct{ tls TLSFiles }
+type connectOpts struct {
+	tls  TLSFiles
+	dial func(ctx context.Context, addr string) (net.Conn, error)
+}
 
 // WithTLS makes Connect authenticate with a client certificate.
 func WithTLS(f TLSFiles) ConnectOption { return func(o *connectOpts) { o.tls = f } }
+
+// WithDialer makes Connect reach etcd through dial, e.g. from inside another
+// network namespace (benchmarks and tests of a fleet in namespaces).
+func WithDialer(dial func(ctx context.Context, addr string) (net.Conn, error)) ConnectOption {
+	return func(o *connectOpts) { o.dial = dial }
+}
 
 // hostPort strips a URL scheme: etcd's client picks TLS from its config, and a
 // user may write either form.

@@ -212,6 +212,10 @@ func TestVXLANAcrossHosts(t *testing.T) {
 	if out := nstest.Exec(t, p+"a", "ip", "link", "show", "eth0"); !strings.Contains(out, "mtu 1350") {
 		t.Fatalf("container MTU:\n%s", out)
 	}
+	// ARP is answered on the host from etcd's entries, and retried quickly.
+	if out := strings.TrimSpace(nstest.Exec(t, p+"a", "cat", "/proc/sys/net/ipv4/neigh/eth0/retrans_time_ms")); out != "100" {
+		t.Fatalf("container ARP retry: %s ms, want 100", out)
+	}
 	nstest.Exec(t, p+"a", "ping", "-c1", "-W2", "-M", "do", "-s", "1322", "10.88.1.2")
 	if out, err := exec.Command("ip", "netns", "exec", p+"a", "ping", "-c1", "-W1", "-M", "do", "-s", "1323", "10.88.1.2").CombinedOutput(); err == nil ||
 		!strings.Contains(string(out), "message too long") {
