@@ -2,7 +2,7 @@
 GO ?= go
 export PATH := $(PATH):/usr/local/go/bin:/usr/local/sbin:/usr/sbin:/sbin
 
-.PHONY: all build test demo bench install clean kernel-lab
+.PHONY: all build test e2e demo bench install clean kernel-lab
 
 all: build
 
@@ -12,12 +12,21 @@ build:
 test:
 	scripts/test.sh
 
+# The multi-host system tests (e2e/): each brings up its own fleet of
+# namespace hosts with scripts/cluster, or shares one that it leaves as found.
+E2E_FLAGS ?= -v
+e2e:
+	scripts/install-deps.sh
+	NETPLUGIN_E2E=1 $(GO) test -count=1 -p 1 -timeout 30m $(E2E_FLAGS) ./e2e/
+
 # What this machine's kernel lacks (ipvlan, 802.1Q, OVS datapath), tested under
 # Debian's stock kernel in qemu; make test runs it too.
 kernel-lab:
 	scripts/kernel-lab.sh ./lab/ ./drivers/ipvlan/ ./drivers/macvlan/
 
-demo: build
+# The fleet: three namespace hosts, containers talking across them, two
+# tenants with one subnet kept apart; removed at the end.
+demo:
 	scripts/demo.sh
 
 bench: build

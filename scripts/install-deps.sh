@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# install-deps.sh — install the Debian packages netplugin's build, tests, demo and
-# benchmarks need, only those whose commands are missing. Services the packages
-# would start (the system dockerd, OVS) are kept from starting: tests and the demo
-# run private instances of their own.
+# install-deps.sh — install the Debian packages netplugin's build, tests, demo,
+# benchmarks and local cluster need, only those whose commands are missing.
+# Services the packages would start (the system dockerd, OVS, etcd) are kept
+# from starting: tests, the demo and scripts/cluster run private instances.
 set -euo pipefail
 export PATH="$PATH:/usr/local/go/bin:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -15,6 +15,12 @@ want dockerd docker.io
 want busybox busybox-static
 want ovsdb-server openvswitch-switch
 want ovs-vsctl openvswitch-common
+want etcd etcd-server
+want etcdctl etcd-client
+want openssl openssl
+want nft nftables
+want iperf3 iperf3
+want nsenter util-linux
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
