@@ -22,7 +22,7 @@ e2e:
 # What this machine's kernel lacks (ipvlan, 802.1Q, OVS datapath), tested under
 # Debian's stock kernel in qemu; make test runs it too.
 kernel-lab:
-	scripts/kernel-lab.sh ./lab/ ./drivers/ipvlan/ ./drivers/macvlan/
+	scripts/kernel-lab.sh ./lab/ ./drivers/ipvlan/ ./drivers/macvlan/ ./drivers/linuxbridge/
 
 # The fleet: three namespace hosts, containers talking across them, two
 # tenants with one subnet kept apart; removed at the end.

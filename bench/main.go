@@ -40,7 +40,7 @@ func main() {
 	n := flag.Int("n", 500, "endpoints per benchmark")
 	np := flag.String("netplugin", "bin/netplugin", "netplugin binary")
 	out := flag.String("out", "bench/results.json", "results file")
-	only := flag.String("only", "", "comma-separated benchmark groups to run (linuxbridge, macvlan, ovs, docker); empty: all")
+	only := flag.String("only", "", "comma-separated benchmark groups to run (linuxbridge, macvlan, ovs, docker, xhost); empty: all")
 	flag.Parse()
 	log := logrus.NewEntry(logrus.New())
 	if os.Geteuid() != 0 {
@@ -54,6 +54,7 @@ func main() {
 		"docker":      b.dockerRun,
 		"macvlan":     b.macvlan,
 		"ovs":         b.ovs,
+		"xhost":       b.xhost,
 	}
 	var names []string
 	for g := range groups {

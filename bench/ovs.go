@@ -21,6 +21,7 @@ import (
 type ovsEnv struct {
 	ns, dir string
 	procs   []*exec.Cmd
+	keepNS  bool // the namespace is someone else's: stop leaves it
 }
 
 func (o *ovsEnv) env() []string {
@@ -49,10 +50,19 @@ func (b *bench) startOVS() (*ovsEnv, error) {
 	if out, err := exec.Command("ip", "netns", "add", o.ns).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("ip netns add: %v: %s", err, out)
 	}
+	if err := o.startDaemons(); err != nil {
+		o.stop()
+		return nil, err
+	}
+	return o, nil
+}
+
+// startDaemons starts ovsdb-server and ovs-vswitchd inside o.ns, their files
+// in o.dir. The caller stops o on failure.
+func (o *ovsEnv) startDaemons() error {
 	db := filepath.Join(o.dir, "conf.db")
 	if out, err := o.run("ovsdb-tool", "create", db, "/usr/share/openvswitch/vswitch.ovsschema"); err != nil {
-		o.stop()
-		return nil, fmt.Errorf("ovsdb-tool: %v: %s", err, out)
+		return fmt.Errorf("ovsdb-tool: %v: %s", err, out)
 	}
 	start := func(args ...string) error {
 		cmd := exec.Command("ip", append([]string{"netns", "exec", o.ns}, args...)...)
@@ -65,8 +75,7 @@ func (b *bench) startOVS() (*ovsEnv, error) {
 	}
 	if err := start("ovsdb-server", db, "--remote=punix:"+o.sock(), "--unixctl="+filepath.Join(o.dir, "db.ctl"),
 		"--pidfile="+filepath.Join(o.dir, "ovsdb-server.pid"), "--log-file="+filepath.Join(o.dir, "ovsdb-server.log"), "-vconsole:off"); err != nil {
-		o.stop()
-		return nil, err
+		return err
 	}
 	for i := 0; i < 100; i++ {
 		if _, err := os.Stat(o.sock()); err == nil {
@@ -75,22 +84,19 @@ func (b *bench) startOVS() (*ovsEnv, error) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if out, err := o.vsctl("--no-wait", "init"); err != nil {
-		o.stop()
-		return nil, fmt.Errorf("ovs-vsctl init: %v: %s", err, out)
+		return fmt.Errorf("ovs-vsctl init: %v: %s", err, out)
 	}
 	if err := start("ovs-vswitchd", "unix:"+o.sock(), "--unixctl="+filepath.Join(o.dir, "vswitchd.ctl"),
 		"--pidfile="+filepath.Join(o.dir, "ovs-vswitchd.pid"), "--log-file="+filepath.Join(o.dir, "ovs-vswitchd.log"), "-vconsole:off"); err != nil {
-		o.stop()
-		return nil, err
+		return err
 	}
 	for i := 0; i < 100; i++ {
 		if _, err := os.Stat(filepath.Join(o.dir, "vswitchd.ctl")); err == nil {
-			return o, nil
+			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	o.stop()
-	return nil, fmt.Errorf("ovs-vswitchd did not start")
+	return fmt.Errorf("ovs-vswitchd did not start")
 }
 
 func (o *ovsEnv) stop() {
@@ -100,7 +106,9 @@ func (o *ovsEnv) stop() {
 		_ = o.procs[i].Process.Kill()
 		_ = o.procs[i].Wait()
 	}
-	_ = exec.Command("ip", "netns", "del", o.ns).Run()
+	if !o.keepNS {
+		_ = exec.Command("ip", "netns", "del", o.ns).Run()
+	}
 	os.RemoveAll(o.dir)
 }
 

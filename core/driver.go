@@ -68,17 +68,48 @@ type Driver interface {
 	Observe(ctx context.Context) (Actual, error)
 }
 
-// Peer is another live host as its agent published it.
+// Peer is another host as its agent published it.
 type Peer struct {
 	Name string
 	VTEP string // underlay address for tunnels and routes; "" if the host has none
 }
 
-// PeerAware is implemented by drivers that connect hosts to each other (VXLAN
-// tunnels, routes). The agent calls SetPeers on every sync with the live hosts
-// other than itself; a host whose lease expired is no longer in the list.
-type PeerAware interface {
-	SetPeers(ctx context.Context, peers []Peer) error
+// Remote is an endpoint of a network on another host: where a driver that
+// spans hosts forwards frames for its MAC and answers ARP for its IP.
+type Remote struct {
+	MAC  string
+	IP   string
+	Host string
+	VTEP string // the underlay address of Host
+}
+
+// NetRemotes is what lies beyond this host for one network that has
+// endpoints here: the attached endpoints on other hosts, and those hosts
+// (each once, sorted by name), which receive the network's broadcast,
+// multicast and unknown-unicast frames. Only hosts that run the network's
+// driver and publish a VTEP count; a host whose lease went is kept for the
+// agent's host grace period, so that an agent restart costs no packet.
+type NetRemotes struct {
+	Endpoints []Remote
+	Hosts     []Peer
+}
+
+// Forwarder is implemented by drivers that join hosts with forwarding state of
+// their own (VXLAN FDB and neighbour entries, unicast flows, tunnels). The
+// agent calls SetRemotes after every sync of the driver's networks, keyed by
+// network (tenant/name), with every network of this driver that has endpoints
+// on this host, also those with nothing remote (their entries must go).
+// Networks not in the map have no endpoints here any more.
+type Forwarder interface {
+	SetRemotes(ctx context.Context, remotes map[string]NetRemotes) error
+}
+
+// Noter is implemented by drivers that program some networks in a reduced way
+// on this host without that being an error (a VLAN network with no uplink
+// stays local to the host). The agent puts the note in the status of the
+// network's endpoints, so that `netdcli get` says so.
+type Noter interface {
+	NetworkNote(n NetworkSpec) string
 }
 
 // HandOff is implemented by drivers that can leave an endpoint's container-side

@@ -25,6 +25,9 @@ type Global struct {
 	VXLANs string `json:"vxlans"`
 	// DefaultDriver is the driver of networks that name none.
 	DefaultDriver string `json:"defaultDriver"`
+	// DefaultTagType is the encapsulation of networks that name none: "vlan"
+	// or "vxlan" (so that a plain network spans hosts over VXLAN).
+	DefaultTagType string `json:"defaultTagType,omitempty"`
 	// SubnetPool and SubnetLen are where a network with no -subnet gets its subnet from.
 	SubnetPool string `json:"subnetPool"`
 	SubnetLen  int    `json:"subnetLen"`
@@ -32,8 +35,21 @@ type Global struct {
 
 // DefaultGlobal is the configuration of a cluster nobody configured.
 func DefaultGlobal() Global {
-	return Global{VLANs: "1-4094", VXLANs: "1-16777215", DefaultDriver: "linuxbridge",
+	return Global{VLANs: "1-4094", VXLANs: "1-16777215", DefaultDriver: "linuxbridge", DefaultTagType: EncapVLAN,
 		SubnetPool: "10.100.0.0/16", SubnetLen: 24}
+}
+
+// TagType is the encapsulation of a network that asks for tagType: its own
+// choice, else the cluster's default, else VLAN (a global stored before the
+// default existed has none).
+func (g Global) TagType(tagType string) string {
+	switch {
+	case tagType != "":
+		return tagType
+	case g.DefaultTagType != "":
+		return g.DefaultTagType
+	}
+	return EncapVLAN
 }
 
 // Tenant groups networks; names of networks are unique within a tenant.
@@ -65,7 +81,7 @@ func (n Network) Key() string { return n.Tenant + "/" + n.Name }
 // mode: no L2 between hosts, each host owns a block of the subnet and the other
 // hosts route that block to its underlay address — and the blocks' prefix
 // length: Options["host-prefix"], or 4 bits longer than the subnet (16 hosts),
-// at most /28.
+// at most /28 unless the subnet itself is smaller.
 func (n Network) HostBlockLen() (int, bool) {
 	if n.Driver != "ipvlan" || n.Options["mode"] != "l3" {
 		return 0, false
@@ -78,7 +94,7 @@ func (n Network) HostBlockLen() (int, bool) {
 	if v, err := strconv.Atoi(n.Options["host-prefix"]); err == nil && v >= ones && v <= 30 {
 		return v, true
 	}
-	return min(ones+4, 28), true
+	return max(min(ones+4, 28), ones), true // a block is never larger than the subnet
 }
 
 // Endpoint is one interface of one container on one network.
@@ -127,6 +143,9 @@ type EndpointStatus struct {
 	IfName  string `json:"ifName,omitempty"`  // host-side link
 	IfIndex int    `json:"ifIndex,omitempty"` // host-side link
 	NetNS   string `json:"netns,omitempty"`   // resolved namespace path
+	// Note says how the network is programmed on this host when that is less
+	// than asked for but not an error, e.g. "host-local: no --uplink on host h1".
+	Note string `json:"note,omitempty"`
 }
 
 // HostInfo is what an agent publishes about itself under its lease.

@@ -171,6 +171,9 @@ func ValidateGlobal(g Global) error {
 	if _, err := ParseRanges(g.VXLANs, MaxVNI); err != nil {
 		return fmt.Errorf("vxlans: %w", err)
 	}
+	if t := g.DefaultTagType; t != "" && t != EncapVLAN && t != EncapVXLAN {
+		return fmt.Errorf("%w: default tag type %q: want vlan or vxlan", ErrInvalid, t)
+	}
 	pool, err := ParseCIDR(g.SubnetPool)
 	if err != nil {
 		return fmt.Errorf("subnet pool: %w", err)

@@ -72,8 +72,7 @@ func TestNetworksSpanThreeHosts(t *testing.T) {
 	}{
 		{name: "ovs-vlan", driver: "ovs", tagType: "vlan", tags: [2]int{101, 102}},
 		{name: "ovs-vxlan", driver: "ovs", tagType: "vxlan", tags: [2]int{5101, 5102}},
-		{name: "linuxbridge-vxlan", driver: "linuxbridge", tagType: "vxlan", tags: [2]int{5201, 5202},
-			skip: "needs linuxbridge VXLAN (a VXLAN device per network, remote VTEPs as FDB entries from etcd)"},
+		{name: "linuxbridge-vxlan", driver: "linuxbridge", tagType: "vxlan", tags: [2]int{5201, 5202}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.skip != "" {
@@ -243,4 +242,82 @@ func TestConcurrentEndpointsOnThreeHosts(t *testing.T) {
 	}
 	t.Logf("%d endpoints created from %d hosts at once in %v (%.0f/s)", c.n*per, c.n, took.Round(10*time.Millisecond),
 		float64(c.n*per)/took.Seconds())
+}
+
+// TestDockerTenantsShareSubnet: two tenants' Docker networks with the same
+// subnet on the same hosts stay apart, and each container's address is
+// allocated once, in its own tenant's network only (and freed with it).
+func TestDockerTenantsShareSubnet(t *testing.T) {
+	requireE2E(t)
+	c := sharedCluster(t)
+	p := nstest.Prefix()
+	tenants := []string{p + "blue", p + "red"}
+	hosts := []string{"h1", "h3"}
+	ctr := func(tenant, h string) string { return tenant + "-" + h }
+	t.Cleanup(func() {
+		for _, tenant := range tenants {
+			for _, h := range hosts {
+				_, _ = c.tryExec(h, "docker", "rm", "-f", ctr(tenant, h))
+				_, _ = c.tryExec(h, "docker", "network", "rm", tenant)
+			}
+			c.removeTenant(t, "h1", tenant)
+		}
+	})
+	// Addresses of their own, so that an answer from the other tenant's
+	// address can only come from the other tenant.
+	ips := map[string]string{} // container -> address
+	for i, tenant := range tenants {
+		for j, h := range hosts {
+			ip := fmt.Sprintf("10.72.0.%d", 10*(i+1)+j+1)
+			c.exec(t, h, "docker", "network", "create", "-d", "netplugin", "--ipam-driver", "netplugin",
+				"--subnet", "10.72.0.0/24", "-o", "tenant="+tenant, "-o", "network=web", "-o", "tag-type=vxlan", tenant)
+			c.exec(t, h, "docker", "run", "-d", "--name", ctr(tenant, h), "--network", tenant, "--ip", ip,
+				"netplugin-test/busybox", "sleep", "1d")
+			ips[ctr(tenant, h)] = ip
+		}
+	}
+	ping := func(h, from, ip string) bool {
+		_, err := c.tryExec(h, "docker", "exec", from, "ping", "-c", "1", "-W", "1", ip)
+		return err == nil
+	}
+	for _, tenant := range tenants {
+		a, b := ctr(tenant, "h1"), ctr(tenant, "h3")
+		waitFor(t, 20*time.Second, a+" pings "+b, func() bool { return ping("h1", a, ips[b]) })
+	}
+	if ping("h1", ctr(tenants[1], "h1"), ips[ctr(tenants[0], "h3")]) {
+		t.Fatalf("%s reaches %s of the other tenant", ctr(tenants[1], "h1"), ctr(tenants[0], "h3"))
+	}
+	for i, tenant := range tenants {
+		alloc := " " + strings.Join(c.allocatedIPs(t, "h1", tenant, "web"), " ") + " "
+		other := tenants[1-i]
+		for _, h := range hosts {
+			if !strings.Contains(alloc, " "+ips[ctr(tenant, h)]+" ") {
+				t.Fatalf("%s's address %s not allocated in %s: %s", ctr(tenant, h), ips[ctr(tenant, h)], tenant, alloc)
+			}
+			if strings.Contains(alloc, " "+ips[ctr(other, h)]+" ") {
+				t.Fatalf("%s's address %s is allocated in %s too: %s", ctr(other, h), ips[ctr(other, h)], tenant, alloc)
+			}
+		}
+	}
+}
+
+// TestMacvlanAcrossHosts: a macvlan network whose parent is every host's
+// underlay interface par0 spans the hosts through the switch the parents plug
+// into: an endpoint on each host reaches every other. (Two tenants on one
+// parent share its L2 segment: macvlan keeps tenants apart only with
+// -opt vlan=ID, which needs 802.1Q, tested in the kernel lab.)
+func TestMacvlanAcrossHosts(t *testing.T) {
+	c := sharedCluster(t)
+	p := nstest.Prefix()
+	tenant := c.newTenant(t, "h1", p)
+	c.netdcli(t, "h1", "-oper", "create", "-construct", "network", "-tenant", tenant, "-driver", "macvlan",
+		"-opt", "parent=par0", "-subnet", "10.66.0.0/24", "net")
+	var eps []*ep
+	for i, h := range c.hosts() {
+		e := &ep{tenant: tenant, net: "net", name: fmt.Sprintf("m%d", i+1), host: h, ip: fmt.Sprintf("10.66.0.%d", i+1)}
+		c.addEP(t, p, e)
+		eps = append(eps, e)
+	}
+	c.waitUp(t, 60*time.Second, eps...)
+	meshReachable(t, eps)
 }

@@ -79,7 +79,6 @@ func TestWrongCertificateRefused(t *testing.T) {
 // and stays healthy.
 func TestDuplicateHostLabelRefused(t *testing.T) {
 	requireE2E(t)
-	t.Skip("needs duplicate host label refusal: a second agent with a live host's label must exit, not revoke its lease")
 	c := sharedCluster(t)
 	record := c.exec(t, "h1", "etcdctl", "get", "/netplugin/v1/hosts/h1")
 	state := t.TempDir()

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -221,4 +222,77 @@ func TestTenantInferredFromUniqueName(t *testing.T) {
 		t.Fatalf("ambiguous name accepted: %v %s", err, errOut)
 	}
 	c.ok("-oper", "delete", "-construct", "endpoint", "-tenant", "tenant1", "tenant1-net1-ep1")
+}
+
+// TestCfgDryRunAndPrune: -cfg FILE --dry-run prints the plan, one change a
+// line (or JSON with -json), and changes nothing; -prune takes only docker.
+func TestCfgDryRunAndPrune(t *testing.T) {
+	c, s := newCLI(t)
+	dir := t.TempDir()
+	write := func(name, js string) string {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, []byte(js), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	first := write("first.json", `{"tenants":[{"name":"blue","networks":[{"name":"web","subnet":"10.5.0.0/24",
+	  "endpoints":[{"name":"a","netns":"nsa"},{"name":"gone"}]}]}]}`)
+	c.ok("-cfg", first)
+	second := write("second.json", `{"tenants":[{"name":"blue","networks":[{"name":"web","subnet":"10.5.0.0/24",
+	  "endpoints":[{"name":"a","netns":"nsb"},{"name":"b"}]}]}]}`)
+	before := etcdtest.Dump(t, s)
+	out := c.ok("-cfg", second, "--dry-run")
+	want := "delete endpoint blue/gone: network web, 10.5.0.2, host testhost\n" +
+		"update endpoint blue/a: attach netns nsa -> netns nsb\n" +
+		"create endpoint blue/b: network web, 10.5.0.2, host testhost, not attached\n" +
+		"plan: 1 to create, 1 to update, 1 to delete, 0 kept (dry run: nothing changed)\n"
+	if out != want {
+		t.Fatalf("dry run:\n%s\nwant:\n%s", out, want)
+	}
+	var p state.Plan
+	if err := json.Unmarshal([]byte(c.ok("-cfg", second, "-dry-run", "-json")), &p); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Changes) != 3 || p.Changes[2].Action != "create" || p.Changes[2].Name != "blue/b" || p.Created != 1 {
+		t.Fatalf("json plan %+v", p)
+	}
+	if etcdtest.Dump(t, s) != before {
+		t.Fatal("dry run changed the store")
+	}
+	for _, bad := range [][]string{{"-cfg", second, "-prune", "everything"}, {"-oper", "get", "-construct", "network", "-dry-run"}} {
+		if _, errOut, err := c.run(bad...); err == nil || strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
+			t.Fatalf("netdcli %v: %v %q", bad, err, errOut)
+		}
+	}
+	if etcdtest.Dump(t, s) != before {
+		t.Fatal("refused commands changed the store")
+	}
+	if out := c.ok("-cfg", second, "-prune", "docker"); out != "applied: 1 created, 1 updated, 1 deleted\n" {
+		t.Fatalf("apply: %q", out)
+	}
+	if out := c.ok("-cfg", second, "--dry-run"); out != "plan: 0 to create, 0 to update, 0 to delete, 0 kept (dry run: nothing changed)\n" {
+		t.Fatalf("dry run after apply: %q", out)
+	}
+}
+
+// TestAttachMovesHostOnRoutedNetwork: attach -host on an ipvlan l3 network
+// takes an address of the new host's block; -ip-address outside it is refused.
+func TestAttachMovesHostOnRoutedNetwork(t *testing.T) {
+	c, s := newCLI(t)
+	c.ok("-oper", "create", "-construct", "network", "-driver", "ipvlan", "-mode", "l3", "-parent", "eth9", "-subnet", "10.9.0.0/24", "r")
+	c.ok("-oper", "create", "-construct", "endpoint", "-net-id", "r", "-host", "h1", "e")
+	before := etcdtest.Dump(t, s)
+	_, errOut, err := c.run("-oper", "attach", "-construct", "endpoint", "-host", "h2", "-netns", "x", "-ip-address", "10.9.0.1", "e")
+	if err == nil || !strings.Contains(errOut, "outside 10.9.0.16/28, the block of host h2") {
+		t.Fatalf("attach with an IP outside the new block: %v %s", err, errOut)
+	}
+	if etcdtest.Dump(t, s) != before {
+		t.Fatal("refused attach changed the store")
+	}
+	c.ok("-oper", "attach", "-construct", "endpoint", "-host", "h2", "-netns", "x", "e")
+	ep, _, err := s.GetEndpoint(context.Background(), "default", "e")
+	if err != nil || ep.Host != "h2" || ep.IP != "10.9.0.17" {
+		t.Fatalf("moved endpoint %+v, %v", ep, err)
+	}
 }

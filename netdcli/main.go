@@ -34,7 +34,7 @@ func newApp(out io.Writer, in io.Reader) *cli.App {
 	return &cli.App{
 		Name:      "netdcli",
 		Usage:     "write and read netplugin's desired state",
-		UsageText: "netdcli -oper create|get|delete|attach|detach -construct global|tenant|network|endpoint [flags] NAME\n   netdcli -cfg FILE|-",
+		UsageText: "netdcli -oper create|get|delete|attach|detach -construct global|tenant|network|endpoint [flags] NAME\n   netdcli -cfg FILE|- [-dry-run] [-prune docker] [-json]",
 		Writer:    out,
 		Reader:    in,
 		Flags: []cli.Flag{
@@ -43,7 +43,7 @@ func newApp(out io.Writer, in io.Reader) *cli.App {
 			&cli.StringFlag{Name: "tenant", Value: core.DefaultTenant},
 			&cli.StringFlag{Name: "net-id", Usage: "network of an endpoint"},
 			&cli.IntFlag{Name: "tag", Usage: "VLAN tag or VNI; 0 = allocate"},
-			&cli.StringFlag{Name: "tag-type", Usage: "vlan (default) or vxlan"},
+			&cli.StringFlag{Name: "tag-type", Usage: "vlan or vxlan; empty = the global default (vlan unless set with -construct global -tag-type)"},
 			&cli.StringFlag{Name: "subnet", Usage: "network subnet CIDR; empty = allocate from the global pool"},
 			&cli.StringFlag{Name: "gw", Usage: "network gateway IP"},
 			&cli.StringFlag{Name: "driver", Usage: "network driver; empty = the global default"},
@@ -67,6 +67,8 @@ func newApp(out io.Writer, in io.Reader) *cli.App {
 			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Second, Usage: "how long to wait for etcd"},
 			&cli.StringFlag{Name: "docker-socket", Value: "/var/run/docker.sock", Usage: "Docker API socket, to check containers on this host"},
 			&cli.StringFlag{Name: "cfg", Usage: "apply a whole desired-state JSON document (FILE or - for stdin)"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "with -cfg: print what would change, change nothing"},
+			&cli.StringFlag{Name: "prune", Usage: "with -cfg: 'docker' also deletes networks and endpoints Docker created that the document does not name"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 		},
 		Action: func(c *cli.Context) error { return dispatch(c, out, in) },
@@ -80,6 +82,9 @@ func dispatch(c *cli.Context, out io.Writer, in io.Reader) error {
 	}
 	if c.String("cfg") == "" && c.String("oper") == "" {
 		return fmt.Errorf("-oper or -cfg is required; see netdcli -h")
+	}
+	if c.String("cfg") == "" && (c.IsSet("dry-run") || c.IsSet("prune")) {
+		return fmt.Errorf("%w: -dry-run and -prune go with -cfg", core.ErrInvalid)
 	}
 	log := logrus.NewEntry(logrus.New())
 	log.Logger.SetOutput(io.Discard)
@@ -95,6 +100,13 @@ func dispatch(c *cli.Context, out io.Writer, in io.Reader) error {
 		return cmd.applyFile(ctx, f, in)
 	}
 	oper, construct := c.String("oper"), c.String("construct")
+	if oper != "get" {
+		// An apply a crash interrupted is completed before anything else, so
+		// that this command sees, and changes, the whole document.
+		if err := s.ResumeApply(ctx); err != nil {
+			return err
+		}
+	}
 	if construct == "" {
 		return fmt.Errorf("-construct is required: global, tenant, network or endpoint")
 	}
@@ -108,6 +120,7 @@ func dispatch(c *cli.Context, out io.Writer, in io.Reader) error {
 		{"create", "network"}: cmd.createNetwork, {"get", "network"}: cmd.getNetworks, {"delete", "network"}: cmd.deleteNetwork,
 		{"create", "endpoint"}: cmd.createEndpoint, {"get", "endpoint"}: cmd.getEndpoints, {"delete", "endpoint"}: cmd.deleteEndpoint,
 		{"attach", "endpoint"}: cmd.attach, {"detach", "endpoint"}: cmd.detach,
+		{"get", "host"}: cmd.getHosts, {"delete", "host"}: cmd.deleteHost,
 	}
 	h, ok := handlers[op{oper, construct}]
 	if !ok {
@@ -187,6 +200,14 @@ func (m *command) tenantOf(ctx context.Context, kind, name string) (string, erro
 }
 
 func (m *command) applyFile(ctx context.Context, f string, in io.Reader) error {
+	o := state.ApplyOptions{DefaultHost: m.c.String("host")}
+	switch p := m.c.String("prune"); p {
+	case "":
+	case "docker":
+		o.PruneDocker = true
+	default:
+		return fmt.Errorf("%w: -prune %q: the only kind is docker", core.ErrInvalid, p)
+	}
 	r := in
 	if f != "-" {
 		file, err := os.Open(f)
@@ -200,17 +221,48 @@ func (m *command) applyFile(ctx context.Context, f string, in io.Reader) error {
 	if err != nil {
 		return err
 	}
-	sum, err := m.s.Apply(ctx, doc, m.c.String("host"))
+	if m.c.Bool("dry-run") {
+		p, err := m.s.PlanApply(ctx, doc, o)
+		if err != nil {
+			return err
+		}
+		return m.printPlan(p)
+	}
+	sum, err := m.s.ApplyWith(ctx, doc, o)
 	if err != nil {
 		return err
 	}
+	if m.c.Bool("json") {
+		return m.printJSON(sum)
+	}
 	fmt.Fprintf(m.out, "applied: %d created, %d updated, %d deleted\n", sum.Created, sum.Updated, sum.Deleted)
+	if sum.Kept > 0 {
+		fmt.Fprintf(m.out, "kept: %d not in the document but made by Docker, or holding what Docker made (-dry-run lists them, -prune docker deletes them)\n", sum.Kept)
+	}
+	return nil
+}
+
+func (m *command) printPlan(p state.Plan) error {
+	if m.c.Bool("json") {
+		if p.Changes == nil {
+			p.Changes = []state.Change{}
+		}
+		return m.printJSON(p)
+	}
+	if p.Pending != "" {
+		fmt.Fprintln(m.out, "pending:", p.Pending)
+	}
+	for _, c := range p.Changes {
+		fmt.Fprintln(m.out, c.String())
+	}
+	fmt.Fprintf(m.out, "plan: %d to create, %d to update, %d to delete, %d kept (dry run: nothing changed)\n",
+		p.Created, p.Updated, p.Deleted, p.Kept)
 	return nil
 }
 
 func (m *command) setGlobal(ctx context.Context) error {
 	g, err := m.s.SetGlobal(ctx, core.Global{VLANs: m.c.String("vlans"), VXLANs: m.c.String("vxlans"),
-		DefaultDriver: m.c.String("driver"), SubnetPool: m.c.String("subnet-pool"), SubnetLen: m.c.Int("subnet-len")})
+		DefaultDriver: m.c.String("driver"), DefaultTagType: m.c.String("tag-type"), SubnetPool: m.c.String("subnet-pool"), SubnetLen: m.c.Int("subnet-len")})
 	if err != nil {
 		return err
 	}
@@ -230,6 +282,44 @@ func (m *command) createTenant(ctx context.Context) error {
 }
 
 func (m *command) deleteTenant(ctx context.Context) error { return m.s.DeleteTenant(ctx, m.name) }
+
+// deleteHost forgets a host gone for good and frees what it held.
+func (m *command) deleteHost(ctx context.Context) error {
+	d, err := m.s.DeleteHost(ctx, m.name)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(m.out, "host %s deleted: %d endpoints, %d Docker networks, %d reservations, %d routed blocks freed\n",
+		m.name, d.Endpoints, d.DockerNetworks, d.Reservations, d.Blocks)
+	return err
+}
+
+func (m *command) getHosts(ctx context.Context) error {
+	hs, err := m.s.Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	if m.name != "" {
+		var found []core.HostInfo
+		for _, h := range hs {
+			if h.Name == m.name {
+				found = append(found, h)
+			}
+		}
+		if len(found) == 0 {
+			return fmt.Errorf("%w: host %q is not registered", core.ErrNotFound, m.name)
+		}
+		hs = found
+	}
+	if m.c.Bool("json") {
+		return m.printJSON(hs)
+	}
+	rows := [][]string{}
+	for _, h := range hs {
+		rows = append(rows, []string{h.Name, dash(h.VTEP), strings.Join(h.Drivers, ","), h.Started})
+	}
+	return m.table("HOST\tVTEP\tDRIVERS\tSTARTED", rows)
+}
 
 func (m *command) getTenants(ctx context.Context) error {
 	ts, err := m.s.Tenants(ctx)
@@ -376,6 +466,9 @@ func (m *command) attach(ctx context.Context) error {
 		return err
 	}
 	a := state.Attachment{ContainerName: m.c.String("container-id"), NetNS: m.c.String("netns")}
+	if ip := m.c.String("ip-address"); ip != "auto" {
+		a.IP = ip // the address in the new host's block, for a move on a routed network
+	}
 	if m.c.IsSet("host") {
 		a.Host = m.c.String("host")
 	}

@@ -30,8 +30,8 @@ func (m *command) printGlobal(g core.Global) error {
 	if m.c.Bool("json") {
 		return m.printJSON(g)
 	}
-	return m.table("VLANS\tVXLANS\tDRIVER\tSUBNET POOL\tSUBNET LEN",
-		[][]string{{g.VLANs, g.VXLANs, g.DefaultDriver, g.SubnetPool, fmt.Sprint(g.SubnetLen)}})
+	return m.table("VLANS\tVXLANS\tDRIVER\tTAG TYPE\tSUBNET POOL\tSUBNET LEN",
+		[][]string{{g.VLANs, g.VXLANs, g.DefaultDriver, g.TagType(""), g.SubnetPool, fmt.Sprint(g.SubnetLen)}})
 }
 
 func (m *command) printTenants(ts []core.Tenant) error {
@@ -82,6 +82,9 @@ func (m *command) printNetworks(ctx context.Context, ns []core.Network) error {
 type endpointView struct {
 	core.Endpoint
 	Status map[string]core.EndpointStatus `json:"status"`
+	// HostGone: no agent of the endpoint's host is registered (its lease
+	// expired). The endpoint keeps its address until `delete -construct host`.
+	HostGone bool `json:"hostGone,omitempty"`
 }
 
 func (m *command) printEndpoints(ctx context.Context, eps []core.Endpoint) error {
@@ -89,9 +92,17 @@ func (m *command) printEndpoints(ctx context.Context, eps []core.Endpoint) error
 	if err != nil {
 		return err
 	}
+	hosts, err := m.s.Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	live := map[string]bool{}
+	for _, h := range hosts {
+		live[h.Name] = true
+	}
 	views := make([]endpointView, len(eps))
 	for i, e := range eps {
-		views[i] = endpointView{e, all[e.Key()]}
+		views[i] = endpointView{Endpoint: e, Status: all[e.Key()], HostGone: e.Host != "" && !live[e.Host]}
 		if views[i].Status == nil {
 			views[i].Status = map[string]core.EndpointStatus{}
 		}
@@ -116,6 +127,9 @@ func (m *command) printEndpoints(ctx context.Context, eps []core.Endpoint) error
 // statusText renders "up@h1", "error@h1: why", or what is expected when no host
 // has reported yet.
 func statusText(v endpointView) string {
+	if v.HostGone && v.Attached() && len(v.Status) == 0 {
+		return "host gone: no agent of " + v.Host + " is registered (`netdcli -oper delete -construct host " + v.Host + "` frees its endpoints)"
+	}
 	if len(v.Status) == 0 {
 		if !v.Attached() {
 			return "reserved"
@@ -133,6 +147,9 @@ func statusText(v endpointView) string {
 		s := st.State + "@" + h
 		if st.Error != "" {
 			s += ": " + st.Error
+		}
+		if st.Note != "" {
+			s += " (" + st.Note + ")"
 		}
 		if !v.Attached() || h != v.Host {
 			s += " (being removed)" // the host has not caught up with a detach or move yet

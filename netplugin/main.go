@@ -60,6 +60,9 @@ func main() {
 			&cli.StringFlag{Name: "ovs-uplink", Usage: "OVS driver: interface added as a trunk port carrying the VLAN networks (never taken implicitly)"},
 			&cli.StringFlag{Name: "ovs-netns", Usage: "OVS driver: namespace ovs-vswitchd runs in, if not the agent's (tests run several)"},
 			&cli.StringFlag{Name: "vtep-ip", Usage: "this host's underlay address, published to the other hosts (VXLAN tunnels, routes to routed networks)"},
+			&cli.IntFlag{Name: "mtu", Usage: "MTU of container interfaces on VXLAN networks; 0: the MTU of the interface holding --vtep-ip minus 50"},
+			&cli.StringFlag{Name: "uplink", Usage: "linuxbridge driver: interface whose 802.1Q subinterfaces carry the VLAN networks to other hosts (never taken implicitly)"},
+			&cli.DurationFlag{Name: "host-grace", Value: 30 * time.Second, Usage: "how long a host whose lease expired keeps its tunnels, routes and forwarding entries here"},
 			&cli.DurationFlag{Name: "resync", Value: 10 * time.Second, Usage: "full resync period"},
 			&cli.IntFlag{Name: "lease-ttl", Value: 10, Usage: "seconds this host stays registered (and its status visible) after its agent stops renewing"},
 			&cli.BoolFlag{Name: "adopt-cluster", Usage: "take the store's cluster ID although this host was programmed from another etcd cluster"},
@@ -118,9 +121,14 @@ func run(c *cli.Context) error {
 	for _, name := range c.StringSlice("drivers") {
 		switch name {
 		case linuxbridge.Name:
-			drivers[name] = linuxbridge.New(log, c.String("host-label"))
+			d, err := linuxbridge.New(log, linuxbridge.Config{Host: c.String("host-label"), VTEP: c.String("vtep-ip"),
+				MTU: c.Int("mtu"), Uplink: c.String("uplink")})
+			if err != nil {
+				return err
+			}
+			drivers[name] = d
 		case ipvlan.Name:
-			drivers[name] = ipvlan.New(log, ipvlan.Config{Host: c.String("host-label")})
+			drivers[name] = ipvlan.New(log, ipvlan.Config{Host: c.String("host-label"), StateDir: stateDir(c.String("run-dir"), ipvlan.Name, c.String("host-label"))})
 		case macvlan.Name:
 			d, err := macvlan.New(log, macvlan.Config{StateDir: stateDir(c.String("run-dir"), macvlan.Name, c.String("host-label"))})
 			if err != nil {
@@ -136,9 +144,9 @@ func run(c *cli.Context) error {
 			defer d.Close()
 			drivers[name] = d
 		case ovs.Name:
-			d, err := ovs.New(ctx, ovs.Config{OVSDB: c.String("ovsdb"), Bridge: c.String("ovs-bridge"),
+			d, err := ovs.New(ctx, ovs.Config{Host: c.String("host-label"), OVSDB: c.String("ovsdb"), Bridge: c.String("ovs-bridge"),
 				DatapathType: c.String("ovs-datapath"), Uplink: c.String("ovs-uplink"), VTEP: c.String("vtep-ip"),
-				HostNetNS: c.String("ovs-netns")}, log)
+				MTU: c.Int("mtu"), HostNetNS: c.String("ovs-netns")}, log)
 			if err != nil {
 				return err
 			}
@@ -153,7 +161,7 @@ func run(c *cli.Context) error {
 	a := agent.New(agent.Config{
 		Host: c.String("host-label"), VTEP: c.String("vtep-ip"), Store: store, Drivers: drivers,
 		Containers: dk,
-		Resync:     c.Duration("resync"), Workers: c.Int("workers"), Log: log, Metrics: metrics,
+		Resync:     c.Duration("resync"), Workers: c.Int("workers"), HostGrace: c.Duration("host-grace"), Log: log, Metrics: metrics,
 		LeaseTTL: c.Int("lease-ttl"), AdoptCluster: c.Bool("adopt-cluster"),
 		LeaseFile:   filepath.Join(c.String("run-dir"), "agent", c.String("host-label")+".lease"),
 		ClusterFile: filepath.Join(c.String("data-dir"), "cluster-id"),

@@ -76,8 +76,8 @@ func ovsWaitFor(t *testing.T, timeout time.Duration, what string, cond func() bo
 
 // TestOVSVXLANTwoAgents: two hosts, each its own OVS and agent sharing host
 // A's etcd. A VXLAN network spans them; another VNI with the same subnet stays
-// apart. When host B's agent dies its lease expires and A drops the tunnel to
-// B (and with it the traffic); B restarted brings both back.
+// apart. When host B's agent dies its lease expires, and after the host grace
+// A drops the tunnel to B (and with it the traffic); B restarted brings both back.
 func TestOVSVXLANTwoAgents(t *testing.T) {
 	nstest.RequireRoot(t)
 	p := nstest.Prefix()
@@ -87,9 +87,11 @@ func TestOVSVXLANTwoAgents(t *testing.T) {
 	ha := newOVSHost(t, sw, 0, "10.98.0.1")
 	hb := newOVSHost(t, sw, 1, "10.98.0.2")
 	hostA, hostB := p+"-A", p+"-B"
-	da := newDaemon(t, hostA, ha.agentArgs()...)
+	// A short host grace: the test waits for A to drop B.
+	grace := []string{"--host-grace", "3s"}
+	da := newDaemon(t, hostA, append(ha.agentArgs(), grace...)...)
 	da.start()
-	db := newDaemonSharingEtcd(t, da, hostB, hb.agentArgs()...)
+	db := newDaemonSharingEtcd(t, da, hostB, append(hb.agentArgs(), grace...)...)
 	db.start()
 
 	other := p + "x" // a second tenant, so that its network may reuse the subnet
@@ -119,7 +121,8 @@ func TestOVSVXLANTwoAgents(t *testing.T) {
 	nstest.MustNotPing(t, p+"c", "10.85.0.1")
 	nstest.MustNotPing(t, p+"c", "10.85.0.2") // other VNI, same host
 
-	// B's agent dies and stays down: its lease (10 s) runs out, A drops B.
+	// B's agent dies and stays down: its lease (10 s) and A's grace for it
+	// (3 s) run out, A drops B.
 	db.stop(syscall.SIGKILL)
 	took := ovsWaitFor(t, 25*time.Second, "A removes the tunnel to B after B's lease expired", func() bool {
 		return !ha.tunnelTo(t, hb.vtep)

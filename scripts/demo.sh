@@ -49,8 +49,9 @@ for h in h1 h2 h3; do
 	on "$h" docker network create -d netplugin --ipam-driver netplugin --subnet 10.50.0.0/24 \
 		-o tenant=blue -o network=web -o tag-type=vxlan blue-web >/dev/null
 done
-on h1 docker run -d --name web1 --network blue-web netplugin-test/busybox sleep 1d >/dev/null
-on h3 docker run -d --name web3 --network blue-web netplugin-test/busybox sleep 1d >/dev/null
+# Addresses of our choosing, so that tenant red below can use others in the same subnet.
+on h1 docker run -d --name web1 --network blue-web --ip 10.50.0.11 netplugin-test/busybox sleep 1d >/dev/null
+on h3 docker run -d --name web3 --network blue-web --ip 10.50.0.13 netplugin-test/busybox sleep 1d >/dev/null
 ip_of() { "$C" exec "$1" -- docker inspect -f "{{(index .NetworkSettings.Networks \"$3\").IPAddress}}" "$2"; }
 web3=$(ip_of h3 web3 blue-web)
 on h1 docker exec web1 ip -4 addr show eth0
@@ -64,8 +65,8 @@ for h in h1 h3; do
 	on "$h" docker network create -d netplugin --ipam-driver netplugin --subnet 10.50.0.0/24 \
 		-o tenant=red -o network=web -o tag-type=vxlan red-web >/dev/null
 done
-on h1 docker run -d --name red1 --network red-web netplugin-test/busybox sleep 1d >/dev/null
-on h3 docker run -d --name red3 --network red-web netplugin-test/busybox sleep 1d >/dev/null
+on h1 docker run -d --name red1 --network red-web --ip 10.50.0.21 netplugin-test/busybox sleep 1d >/dev/null
+on h3 docker run -d --name red3 --network red-web --ip 10.50.0.23 netplugin-test/busybox sleep 1d >/dev/null
 red3=$(ip_of h3 red3 red-web)
 for _ in $(seq 20); do quiet h1 docker exec red1 ping -c 1 -W 1 "$red3" && break; done
 on h1 docker exec red1 ping -c 3 -W 1 "$red3"

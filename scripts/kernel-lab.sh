@@ -19,7 +19,7 @@
 #   KERNEL_LAB_ACCEL     qemu accelerator (default tcg: nested KVM is unusably slow here)
 #   KERNEL_LAB_KERNEL    kernel package (default: what linux-image-amd64 depends on)
 #   KERNEL_LAB_MODULES   extra modules to load, space separated
-#   KERNEL_LAB_BINS      host commands copied in with their libraries (default: ip)
+#   KERNEL_LAB_BINS      host commands copied in with their libraries (default: ip bridge ping)
 #   KERNEL_LAB_TESTFLAGS extra test binary flags, e.g. "-test.run TestKernel/l3"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +33,8 @@ cache=${KERNEL_LAB_CACHE:-${XDG_CACHE_HOME:-/var/cache}/netplugin-kernel-lab}
 # xfrm_user and nfnetlink: vishvananda/netlink's handles open XFRM and
 # NETFILTER sockets too; a real host autoloads them, the lab has no modprobe.
 modules="ipvlan 8021q macvlan veth bridge vxlan openvswitch xfrm_user nfnetlink ${KERNEL_LAB_MODULES:-}"
-bins=${KERNEL_LAB_BINS:-ip}
+# iputils' ping: busybox's has no -M do, which the MTU tests need; bridge: FDB dumps.
+bins=${KERNEL_LAB_BINS:-ip bridge ping}
 # The test binaries time out a minute before the VM is killed, so that a hung
 # test still prints its goroutine dump and the summary line.
 testflags="-test.timeout $((timeout_s > 120 ? timeout_s - 60 : timeout_s))s ${KERNEL_LAB_TESTFLAGS:-}"

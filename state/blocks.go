@@ -48,47 +48,43 @@ func DecodeBlocks(kvs map[string][]byte) []HostBlock {
 	return out
 }
 
-// hostBlock returns host's block of a routed network, allocating the lowest free
-// one on first use.
-func (s *Store) hostBlock(ctx context.Context, n core.Network, host string) (*net.IPNet, error) {
+// blockOf returns host's block of a routed network. A host that has none yet
+// is given the lowest free one, not written: newKey is its key, which the
+// caller writes (value host, precondition free) in the transaction that uses
+// the block, so that a refused request allocates nothing.
+func (s *Store) blockOf(ctx context.Context, n core.Network, host string) (block *net.IPNet, newKey string, err error) {
 	blen, _ := n.HostBlockLen()
 	if host == "" {
-		return nil, fmt.Errorf("%w: network %s routes per host: the endpoint needs -host", core.ErrInvalid, n.Key())
+		return nil, "", fmt.Errorf("%w: network %s routes per host: the endpoint needs -host", core.ErrInvalid, n.Key())
 	}
-	sn := mustCIDR(n.Subnet)
-	lo, hi := core.SubnetBounds(sn)
+	r, err := s.get(ctx, blocksOf(n.Tenant, n.Name), clientv3.WithPrefix())
+	if err != nil {
+		return nil, "", err
+	}
+	used := map[string]bool{}
+	for _, kv := range r.Kvs {
+		base := lastSegment(string(kv.Key))
+		if string(kv.Value) == host {
+			return &net.IPNet{IP: net.ParseIP(base).To4(), Mask: net.CIDRMask(blen, 32)}, "", nil
+		}
+		used[base] = true
+	}
+	base := freeBlock(n, blen, used)
+	if base == "" {
+		return nil, "", fmt.Errorf("%w: network %s has no free /%d block left for host %s", core.ErrInUse, n.Key(), blen, host)
+	}
+	return &net.IPNet{IP: net.ParseIP(base).To4(), Mask: net.CIDRMask(blen, 32)}, blockKey(n.Tenant, n.Name, base), nil
+}
+
+// freeBlock returns the base of the lowest /blen block of n's subnet that is not
+// used, or "" when every block is taken.
+func freeBlock(n core.Network, blen int, used map[string]bool) string {
+	lo, hi := core.SubnetBounds(mustCIDR(n.Subnet))
 	step := uint32(1) << uint(32-blen)
-	for attempt := 0; attempt < maxRetries; attempt++ {
-		r, err := s.get(ctx, blocksOf(n.Tenant, n.Name), clientv3.WithPrefix())
-		if err != nil {
-			return nil, err
-		}
-		used := map[string]bool{}
-		for _, kv := range r.Kvs {
-			base := lastSegment(string(kv.Key))
-			if string(kv.Value) == host {
-				return &net.IPNet{IP: net.ParseIP(base).To4(), Mask: net.CIDRMask(blen, 32)}, nil
-			}
-			used[base] = true
-		}
-		var base string
-		for b := lo; b <= hi && b >= lo; b += step {
-			if ip := core.IPFromUint(b).String(); !used[ip] {
-				base = ip
-				break
-			}
-		}
-		if base == "" {
-			return nil, fmt.Errorf("%w: network %s has no free /%d block left for host %s", core.ErrInUse, n.Key(), blen, host)
-		}
-		tr, err := s.txn(ctx, []clientv3.Cmp{free(blockKey(n.Tenant, n.Name, base)), exists(networkKey(n.Tenant, n.Name))},
-			clientv3.OpPut(blockKey(n.Tenant, n.Name, base), host))
-		if err != nil {
-			return nil, err
-		}
-		if tr.Succeeded {
-			return &net.IPNet{IP: net.ParseIP(base).To4(), Mask: net.CIDRMask(blen, 32)}, nil
+	for b := lo; b <= hi && b >= lo; b += step {
+		if ip := core.IPFromUint(b).String(); !used[ip] {
+			return ip
 		}
 	}
-	return nil, fmt.Errorf("allocate a block of %s for %s: too much contention, try again", n.Key(), host)
+	return ""
 }

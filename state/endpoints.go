@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -24,6 +27,46 @@ func NewMAC() string {
 	return net.HardwareAddr(b).String()
 }
 
+// checkText refuses what would not survive a JSON round trip or a one-line
+// error unchanged: invalid UTF-8, control characters, absurd lengths.
+func checkText(what, v string) error {
+	if !utf8.ValidString(v) || len(v) > 4096 || strings.IndexFunc(v, unicode.IsControl) >= 0 {
+		return fmt.Errorf("%w: %s %q: want printable UTF-8 of at most 4096 bytes", core.ErrInvalid, what, v)
+	}
+	return nil
+}
+
+// checkAttachment validates where an endpoint is to be plugged in, and on
+// which host (a host label is a name, as tenants are).
+func checkAttachment(host, container, netns string) error {
+	if host != "" {
+		if err := core.ValidName("host", host); err != nil {
+			return err
+		}
+	}
+	if err := checkText("container", container); err != nil {
+		return err
+	}
+	if netns != "" {
+		if _, err := core.NetNSPath(netns); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkMAC returns mac in canonical form, or a new one when mac is empty.
+func checkMAC(mac string) (string, error) {
+	if mac == "" {
+		return NewMAC(), nil
+	}
+	hw, err := net.ParseMAC(mac)
+	if err != nil || len(hw) != 6 || hw[0]&1 == 1 {
+		return "", fmt.Errorf("%w: MAC %q: want a unicast Ethernet address", core.ErrInvalid, mac)
+	}
+	return hw.String(), nil
+}
+
 // CreateEndpoint reserves an endpoint and its IP (ep.IP, or the lowest free one).
 // tag, when not 0, is the seed grammar's `-tag` on endpoint create: it must match
 // the network's tag, or re-tag a network whose tag was auto-assigned and that has
@@ -38,10 +81,12 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 	if ep.Network == "" {
 		return ep, fmt.Errorf("%w: endpoint %q needs -net-id", core.ErrInvalid, ep.Name)
 	}
-	if ep.MAC == "" {
-		ep.MAC = NewMAC()
-	} else if hw, err := net.ParseMAC(ep.MAC); err != nil || len(hw) != 6 || hw[0]&1 == 1 {
-		return ep, fmt.Errorf("%w: MAC %q: want a unicast Ethernet address", core.ErrInvalid, ep.MAC)
+	if err := checkAttachment(ep.Host, ep.ContainerName+ep.ContainerID, ep.NetNS); err != nil {
+		return ep, err
+	}
+	var err error
+	if ep.MAC, err = checkMAC(ep.MAC); err != nil {
+		return ep, err
 	}
 	for attempt := 0; attempt < maxRetries; attempt++ {
 		n, netRev, err := s.GetNetwork(ctx, ep.Tenant, ep.Network)
@@ -50,7 +95,8 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 		}
 		cmps := []clientv3.Cmp{unchanged(networkKey(n.Tenant, n.Name), netRev), free(endpointKey(ep.Tenant, ep.Name))}
 		var ops []clientv3.Op
-		if tag != 0 && tag != n.Tag {
+		retag := tag != 0 && tag != n.Tag
+		if retag {
 			if tag < 1 || tag > core.MaxTag(n.Encap) {
 				return ep, fmt.Errorf("%w: %s tag %d out of range 1-%d", core.ErrInvalid, n.Encap, tag, core.MaxTag(n.Encap))
 			}
@@ -64,9 +110,11 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 				clientv3.OpPut(networkKey(n.Tenant, n.Name), mustJSON(n)))
 		}
 		cand := ep
-		if cand.IP, err = s.candidateIP(ctx, n, ep.Host, ep.IP, 0, 0, attempt > 0); err != nil {
+		var newBlock string
+		if cand.IP, newBlock, err = s.candidate(ctx, n, ep.Host, ep.IP, 0, 0, attempt > 0); err != nil {
 			return ep, err
 		}
+		cmps, ops = withBlock(n, newBlock, ep.Host, cmps, ops)
 		cmps = append(cmps, free(ipKey(n.Tenant, n.Name, cand.IP)))
 		ops = append(ops, clientv3.OpPut(endpointKey(cand.Tenant, cand.Name), mustJSON(cand)),
 			clientv3.OpPut(ipKey(n.Tenant, n.Name, cand.IP), cand.Name))
@@ -77,7 +125,7 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 		if r.Succeeded {
 			return cand, nil
 		}
-		if err := s.whyEndpointCreateFailed(ctx, cand, n, ep.IP != "", tag); err != nil {
+		if err := s.whyEndpointCreateFailed(ctx, cand, n, netRev, ep.IP != "", retag); err != nil {
 			return ep, err
 		}
 		// Lost a race for an auto IP or the network changed: read again and retry.
@@ -85,14 +133,15 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 	return ep, fmt.Errorf("create endpoint %s: too much contention, try again", ep.Key())
 }
 
-// candidateIP returns the address to try for an endpoint of n on host: ip,
+// candidate returns the address to try for an endpoint of n on host: ip,
 // validated and in canonical form, or a free one in [lo, hi] (0, 0: the whole
-// subnet) — on a routed network always within the host's block.
-func (s *Store) candidateIP(ctx context.Context, n core.Network, host, ip string, lo, hi uint32, random bool) (string, error) {
+// subnet) — on a routed network always within the host's block. newBlock is
+// the key of the block to write with it when the host has none yet (blockOf).
+func (s *Store) candidate(ctx context.Context, n core.Network, host, ip string, lo, hi uint32, random bool) (addr, newBlock string, err error) {
 	if _, routed := n.HostBlockLen(); routed {
-		block, err := s.hostBlock(ctx, n, host)
-		if err != nil {
-			return "", err
+		var block *net.IPNet
+		if block, newBlock, err = s.blockOf(ctx, n, host); err != nil {
+			return "", "", err
 		}
 		first, last := core.SubnetBounds(block)
 		first, last = first+1, last-1 // keep the block's own base and top free, as a subnet's are
@@ -101,22 +150,55 @@ func (s *Store) candidateIP(ctx context.Context, n core.Network, host, ip string
 		} else {
 			lo, hi = max(lo, first), min(hi, last)
 		}
-		if ip != "" && !block.Contains(net.ParseIP(ip)) {
-			return "", fmt.Errorf("%w: IP %s is outside %s, the block of host %s on routed network %s", core.ErrInvalid, ip, block, host, n.Key())
+		if a := net.ParseIP(strings.TrimSpace(ip)); ip != "" && !block.Contains(a) {
+			return "", "", fmt.Errorf("%w: IP %s is outside %s, the block of host %s on routed network %s", core.ErrInvalid, ip, block, host, n.Key())
 		}
 	}
 	if ip == "" {
-		return s.pickIPIn(ctx, n, lo, hi, random)
+		addr, err = s.pickIPIn(ctx, n, lo, hi, random)
+		return addr, newBlock, err
 	}
 	if err := core.ValidateEndpointIP(n, ip); err != nil {
-		return "", err
+		return "", "", err
 	}
-	return net.ParseIP(ip).To4().String(), nil
+	a, _ := core.ParseIPv4(ip)
+	return a.String(), newBlock, nil
+}
+
+// withBlock adds the write of a new host block (see blockOf) to a transaction.
+func withBlock(n core.Network, newBlock, host string, cmps []clientv3.Cmp, ops []clientv3.Op) ([]clientv3.Cmp, []clientv3.Op) {
+	if newBlock == "" {
+		return cmps, ops
+	}
+	return append(cmps, free(newBlock), exists(networkKey(n.Tenant, n.Name))), append(ops, clientv3.OpPut(newBlock, host))
+}
+
+// candidateIP is candidate for a caller that writes the block on its own: a
+// new block is allocated before the address is returned.
+func (s *Store) candidateIP(ctx context.Context, n core.Network, host, ip string, lo, hi uint32, random bool) (string, error) {
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		addr, newBlock, err := s.candidate(ctx, n, host, ip, lo, hi, random)
+		if err != nil || newBlock == "" {
+			return addr, err
+		}
+		cmps, ops := withBlock(n, newBlock, host, nil, nil)
+		r, err := s.txn(ctx, cmps, ops...)
+		if err != nil {
+			return "", err
+		}
+		if r.Succeeded {
+			return addr, nil
+		}
+		// Another host took that block: look again.
+	}
+	return "", fmt.Errorf("allocate a block of %s for %s: too much contention, try again", n.Key(), host)
 }
 
 // whyEndpointCreateFailed turns a failed transaction into the user's error, or
-// nil when the failure was a lost race worth retrying.
-func (s *Store) whyEndpointCreateFailed(ctx context.Context, ep core.Endpoint, n core.Network, userIP bool, tag int) error {
+// nil when the failure was a lost race worth retrying. n is the network as the
+// transaction would have written it (re-tagged when retag), netRev the revision
+// it was read at.
+func (s *Store) whyEndpointCreateFailed(ctx context.Context, ep core.Endpoint, n core.Network, netRev int64, userIP, retag bool) error {
 	if ok, err := s.has(ctx, endpointKey(ep.Tenant, ep.Name)); err != nil {
 		return err
 	} else if ok {
@@ -129,20 +211,28 @@ func (s *Store) whyEndpointCreateFailed(ctx context.Context, ep core.Endpoint, n
 			return fmt.Errorf("%w: IP %s is already used on network %s", core.ErrInUse, ep.IP, n.Key())
 		}
 	}
-	if tag != 0 && !n.TagAuto {
-		// We tried to re-tag: tell which precondition failed.
-		if ok, err := s.has(ctx, tagKey(n.Encap, tag)); err != nil {
-			return err
-		} else if ok {
-			return fmt.Errorf("%w: %s tag %d is taken by another network", core.ErrInUse, n.Encap, tag)
-		}
-		r, err := s.get(ctx, ipsOf(n.Tenant, n.Name), clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil {
-			return err
-		}
-		if r.Count > 0 {
-			return fmt.Errorf("%w: -tag %d: network %s already has endpoints with its tag", core.ErrInUse, tag, n.Key())
-		}
+	if !retag {
+		// The network's own tag is not contended: this was a lost IP race.
+		return nil
+	}
+	// The re-tag's preconditions are explained only against the network we
+	// read: if it changed (another create re-tagged it first), read again.
+	if _, rev, err := s.GetNetwork(ctx, n.Tenant, n.Name); err != nil || rev != netRev {
+		return err
+	}
+	r, err := s.get(ctx, tagKey(n.Encap, n.Tag))
+	if err != nil {
+		return err
+	}
+	if len(r.Kvs) > 0 && string(r.Kvs[0].Value) != n.Key() {
+		return fmt.Errorf("%w: %s tag %d is taken by network %s", core.ErrInUse, n.Encap, n.Tag, r.Kvs[0].Value)
+	}
+	c, err := s.get(ctx, ipsOf(n.Tenant, n.Name), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return err
+	}
+	if c.Count > 0 {
+		return fmt.Errorf("%w: -tag %d: network %s already has endpoints, so its tag cannot change", core.ErrInUse, n.Tag, n.Key())
 	}
 	return nil
 }
@@ -182,6 +272,24 @@ func (s *Store) pickIP(ctx context.Context, n core.Network, random bool) (string
 		}
 	}
 	return "", fmt.Errorf("%w: network %s has no free IP left in %s", core.ErrInUse, n.Key(), n.Subnet)
+}
+
+// usedIPs returns the addresses of n that are taken, its gateway included.
+func (s *Store) usedIPs(ctx context.Context, n core.Network) (map[uint32]bool, error) {
+	r, err := s.get(ctx, ipsOf(n.Tenant, n.Name), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, err
+	}
+	used := map[uint32]bool{}
+	for _, kv := range r.Kvs {
+		if ip := net.ParseIP(lastSegment(string(kv.Key))).To4(); ip != nil {
+			used[core.IPToUint(ip)] = true
+		}
+	}
+	if gw := net.ParseIP(n.Gateway).To4(); gw != nil {
+		used[core.IPToUint(gw)] = true
+	}
+	return used, nil
 }
 
 // GetEndpoint returns an endpoint and its revision.
@@ -267,32 +375,83 @@ type Attachment struct {
 	ContainerID   string // resolved full ID, when known
 	NetNS         string
 	Host          string // empty: keep the endpoint's host
+	// IP is the endpoint's address on a routed network it moves to another host
+	// on; empty: the lowest free one of the new host's block.
+	IP string
 }
 
 // Attach records that an endpoint should be plugged into a container or namespace.
 // Attaching again to the same target is a no-op; to another target is an error.
+// On a routed network an endpoint moved to another host takes an address of
+// that host's block (a.IP, or the lowest free one) in the same transaction that
+// frees its old address.
 func (s *Store) Attach(ctx context.Context, tenant, name string, a Attachment) (core.Endpoint, error) {
-	ep, rev, err := s.GetEndpoint(ctx, tenant, name)
-	if err != nil {
-		return ep, err
-	}
 	if a.ContainerID == "" {
 		a.ContainerID = a.ContainerName
 	}
-	if a.ContainerID == "" && a.NetNS == "" {
-		return ep, fmt.Errorf("%w: attach needs -container-id or -netns", core.ErrInvalid)
+	if err := checkAttachment(a.Host, a.ContainerName+a.ContainerID, a.NetNS); err != nil {
+		return core.Endpoint{}, err
 	}
-	if ep.Attached() {
-		if ep.ContainerID == a.ContainerID && ep.NetNS == a.NetNS && (a.Host == "" || a.Host == ep.Host) {
-			return ep, nil
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		ep, rev, err := s.GetEndpoint(ctx, tenant, name)
+		if err != nil {
+			return ep, err
 		}
-		return ep, fmt.Errorf("%w: endpoint %s is attached to %s; detach it first", core.ErrInUse, ep.Key(), target(ep))
+		if a.ContainerID == "" && a.NetNS == "" {
+			return ep, fmt.Errorf("%w: attach needs -container-id or -netns", core.ErrInvalid)
+		}
+		moving := a.Host != "" && a.Host != ep.Host
+		if ep.Attached() {
+			if ep.ContainerID == a.ContainerID && ep.NetNS == a.NetNS && !moving && (a.IP == "" || a.IP == ep.IP) {
+				return ep, nil
+			}
+			return ep, fmt.Errorf("%w: endpoint %s is attached to %s; detach it first", core.ErrInUse, ep.Key(), target(ep))
+		}
+		upd := ep
+		upd.ContainerName, upd.ContainerID, upd.NetNS = a.ContainerName, a.ContainerID, a.NetNS
+		if a.Host != "" {
+			upd.Host = a.Host
+		}
+		cmps := []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)}
+		var ops []clientv3.Op
+		routed := false
+		if moving {
+			n, _, err := s.GetNetwork(ctx, ep.Tenant, ep.Network)
+			if err != nil {
+				return ep, err
+			}
+			if _, routed = n.HostBlockLen(); routed {
+				var newBlock string
+				if upd.IP, newBlock, err = s.candidate(ctx, n, upd.Host, a.IP, 0, 0, attempt > 0); err != nil {
+					return ep, err
+				}
+				cmps, ops = withBlock(n, newBlock, upd.Host, cmps, ops)
+				cmps = append(cmps, free(ipKey(n.Tenant, n.Name, upd.IP)))
+				ops = append(ops, clientv3.OpDelete(ipKey(ep.Tenant, ep.Network, ep.IP)),
+					clientv3.OpPut(ipKey(n.Tenant, n.Name, upd.IP), ep.Name))
+			}
+		}
+		if !routed && a.IP != "" && a.IP != ep.IP {
+			return ep, fmt.Errorf("%w: endpoint %s has IP %s; an IP changes only with a move to another host on a routed network", core.ErrInvalid, ep.Key(), ep.IP)
+		}
+		ops = append(ops, clientv3.OpPut(endpointKey(ep.Tenant, ep.Name), mustJSON(upd)))
+		r, err := s.txn(ctx, cmps, ops...)
+		if err != nil {
+			return ep, err
+		}
+		if r.Succeeded {
+			return upd, nil
+		}
+		if routed && a.IP != "" {
+			if ok, err := s.has(ctx, ipKey(ep.Tenant, ep.Network, upd.IP)); err != nil {
+				return ep, err
+			} else if ok {
+				return ep, fmt.Errorf("%w: IP %s is already used on network %s", core.ErrInUse, upd.IP, ep.NetworkKey())
+			}
+		}
+		// The endpoint changed, or another endpoint took the address: read again.
 	}
-	ep.ContainerName, ep.ContainerID, ep.NetNS = a.ContainerName, a.ContainerID, a.NetNS
-	if a.Host != "" {
-		ep.Host = a.Host
-	}
-	return ep, s.putEndpoint(ctx, ep, rev)
+	return core.Endpoint{}, fmt.Errorf("attach endpoint %s/%s: too much contention, try again", tenant, name)
 }
 
 // Detach unplugs an endpoint and keeps its IP. containerOrNS, when given, must

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"strconv"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -34,26 +35,12 @@ func (s *Store) CreateNetwork(ctx context.Context, n core.Network) (core.Network
 	if err != nil {
 		return n, err
 	}
-	if n.Driver == "" {
-		n.Driver = g.DefaultDriver
-	}
-	if n.Encap == "" {
-		n.Encap = core.EncapVLAN
-	}
-	if n.Encap != core.EncapVLAN && n.Encap != core.EncapVXLAN {
-		return n, fmt.Errorf("%w: tag type %q: want vlan or vxlan", core.ErrInvalid, n.Encap)
-	}
-	if n.Tag != 0 && (n.Tag < 1 || n.Tag > core.MaxTag(n.Encap)) {
-		return n, fmt.Errorf("%w: %s tag %d out of range 1-%d", core.ErrInvalid, n.Encap, n.Tag, core.MaxTag(n.Encap))
+	if n, err = withDefaults(n, g); err != nil {
+		return n, err
 	}
 	var userNet *net.IPNet
 	if n.Subnet != "" {
-		if userNet, err = core.ParseCIDR(n.Subnet); err != nil {
-			return n, err
-		}
-		n.Subnet = userNet.String()
-	} else if n.Gateway != "" {
-		return n, fmt.Errorf("%w: -gw needs -subnet", core.ErrInvalid)
+		userNet = mustCIDR(n.Subnet)
 	}
 	want := n
 	for attempt := 0; attempt < maxRetries; attempt++ {
@@ -117,6 +104,43 @@ func (s *Store) CreateNetwork(ctx context.Context, n core.Network) (core.Network
 	return n, fmt.Errorf("create network %s: too much contention, try again", n.Key())
 }
 
+// withDefaults fills a new network's driver and tag type from g and checks what
+// can be checked before its tag and subnet are allocated; the subnet comes back
+// canonical.
+func withDefaults(n core.Network, g core.Global) (core.Network, error) {
+	if n.Driver == "" {
+		n.Driver = g.DefaultDriver
+	}
+	if err := core.ValidName("driver", n.Driver); err != nil {
+		return n, err
+	}
+	for k, v := range n.Options {
+		if err := checkText("option "+k, v); err != nil {
+			return n, err
+		}
+		if err := checkText("option name", k); err != nil || k == "" {
+			return n, fmt.Errorf("%w: option name %q", core.ErrInvalid, k)
+		}
+	}
+	n.Encap = g.TagType(n.Encap)
+	if n.Encap != core.EncapVLAN && n.Encap != core.EncapVXLAN {
+		return n, fmt.Errorf("%w: tag type %q: want vlan or vxlan", core.ErrInvalid, n.Encap)
+	}
+	if n.Tag != 0 && (n.Tag < 1 || n.Tag > core.MaxTag(n.Encap)) {
+		return n, fmt.Errorf("%w: %s tag %d out of range 1-%d", core.ErrInvalid, n.Encap, n.Tag, core.MaxTag(n.Encap))
+	}
+	if n.Subnet != "" {
+		sn, err := core.ParseCIDR(n.Subnet)
+		if err != nil {
+			return n, err
+		}
+		n.Subnet = sn.String()
+	} else if n.Gateway != "" {
+		return n, fmt.Errorf("%w: -gw needs -subnet", core.ErrInvalid)
+	}
+	return n, nil
+}
+
 func mustCIDR(s string) *net.IPNet {
 	_, n, err := net.ParseCIDR(s)
 	if err != nil {
@@ -142,23 +166,29 @@ func (s *Store) allNetworks(ctx context.Context) ([]core.Network, int64, error) 
 }
 
 // pickSubnet returns the first subnet of the pool that overlaps no network of any
-// tenant, so auto subnets never collide even where tenants could.
+// tenant, so auto subnets never collide even where tenants could. A candidate
+// that overlaps a larger network jumps past it: a pool of /30s under one big
+// network is crossed in one step, not millions.
 func pickSubnet(g core.Global, all []core.Network) (string, error) {
 	pool := mustCIDR(g.SubnetPool)
 	lo, hi := core.SubnetBounds(pool)
-	step := uint32(1) << uint(32-g.SubnetLen)
-	for base := lo; base <= hi && base >= lo; base += step {
-		cand := &net.IPNet{IP: core.IPFromUint(base), Mask: net.CIDRMask(g.SubnetLen, 32)}
+	step := uint64(1) << uint(32-g.SubnetLen)
+	for base := uint64(lo); base <= uint64(hi); {
+		cand := &net.IPNet{IP: core.IPFromUint(uint32(base)), Mask: net.CIDRMask(g.SubnetLen, 32)}
+		next := base + step
 		clash := false
 		for _, o := range all {
-			if core.Overlaps(cand, mustCIDR(o.Subnet)) {
+			on := mustCIDR(o.Subnet)
+			if core.Overlaps(cand, on) {
 				clash = true
-				break
+				_, end := core.SubnetBounds(on)
+				next = max(next, uint64(end)+1) // aligned: o is at least as large as a step
 			}
 		}
 		if !clash {
 			return cand.String(), nil
 		}
+		base = next
 	}
 	return "", fmt.Errorf("%w: subnet pool %s has no free /%d left", core.ErrInUse, g.SubnetPool, g.SubnetLen)
 }
@@ -176,13 +206,20 @@ func (s *Store) pickTag(ctx context.Context, g core.Global, encap string) (int, 
 	if err != nil {
 		return 0, err
 	}
-	used := make(map[string]bool, len(r.Kvs))
+	used := make(map[int]bool, len(r.Kvs))
 	for _, kv := range r.Kvs {
-		used[lastSegment(string(kv.Key))] = true
+		if t, err := strconv.Atoi(lastSegment(string(kv.Key))); err == nil {
+			used[t] = true
+		}
 	}
+	return freeTag(ranges, used, encap, spec)
+}
+
+// freeTag returns the lowest tag of ranges that is not used.
+func freeTag(ranges []core.Range, used map[int]bool, encap, spec string) (int, error) {
 	for _, rg := range ranges {
 		for t := rg.Lo; t <= rg.Hi; t++ {
-			if !used[fmt.Sprint(t)] {
+			if !used[t] {
 				return t, nil
 			}
 		}

@@ -111,11 +111,10 @@ func (s *Store) get(ctx context.Context, key string, opts ...clientv3.OpOption) 
 	return r, wrapErr(err)
 }
 
+// txn commits ops if cmps hold; writes of desired state wait for a -cfg apply
+// in progress (state/journal.go).
 func (s *Store) txn(ctx context.Context, cmps []clientv3.Cmp, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
-	ctx, cancel := s.op(ctx)
-	defer cancel()
-	r, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
-	return r, wrapErr(err)
+	return s.fencedTxn(ctx, cmps, ops...)
 }
 
 func mustJSON(v any) string {
@@ -169,6 +168,9 @@ func (s *Store) SetGlobal(ctx context.Context, g core.Global) (core.Global, erro
 	}
 	if g.DefaultDriver != "" {
 		cur.DefaultDriver = g.DefaultDriver
+	}
+	if g.DefaultTagType != "" {
+		cur.DefaultTagType = g.DefaultTagType
 	}
 	if g.SubnetPool != "" {
 		cur.SubnetPool = g.SubnetPool

@@ -2,6 +2,15 @@
 // pair per endpoint, the container end created straight inside the container's
 // namespace (moving a link between namespaces waits for an RCU grace period,
 // ~20 ms, against ~1.3 ms for creating it there).
+//
+// Across hosts (see uplink.go): a VXLAN network's bridge holds a kernel VXLAN
+// device of the network's VNI sending from --vtep-ip, with learning off; its
+// forwarding entries (remote MAC -> VTEP, and one all-zero entry per remote
+// host of the network for broadcast and multicast) and its neighbour entries
+// (remote IP -> MAC, answered locally: ARP suppression) come from etcd through
+// SetRemotes, never from flooding. A VLAN network's bridge holds the 802.1Q
+// subinterface of --uplink for its tag. Without --vtep-ip or --uplink such a
+// network stays local to this host, and its endpoints' status says so.
 package linuxbridge
 
 import (
@@ -12,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
@@ -24,32 +34,81 @@ import (
 // Name is the driver's name in network specs.
 const Name = "linuxbridge"
 
-// Driver programs bridges and veths in the namespace it was created in.
+// Config is the driver's host setup.
+type Config struct {
+	// Host is the agent's --host-label; it qualifies every ownership mark.
+	Host string
+	// VTEP is this host's underlay IPv4 address (--vtep-ip). VXLAN networks
+	// get a VXLAN device sending from it; without it they stay on this host.
+	VTEP string
+	// MTU is the MTU of container interfaces on VXLAN networks (--mtu); 0:
+	// the MTU of the interface holding VTEP minus the 50 bytes of VXLAN
+	// encapsulation, so that no packet needs fragmenting on the underlay.
+	MTU int
+	// Uplink is the interface whose 802.1Q subinterfaces carry the VLAN
+	// networks (--uplink). It must exist; it is never taken implicitly, and
+	// the agent never changes the uplink itself.
+	Uplink string
+}
+
+// Driver programs bridges, veths and the bridges' uplinks (VXLAN devices,
+// 802.1Q subinterfaces) in the namespace it was created in.
 type Driver struct {
 	log *logrus.Entry
+	cfg Config
+	// vtep is cfg.VTEP parsed; nil without one.
+	vtep net.IP
 	// Alias kinds of the links this driver owns, qualified by the owning agent's
 	// host label, so that agents sharing one kernel (tests, or a host renamed)
 	// never take each other's links for stale ones:
-	//   bridge:    netplugin:lbnet@<host>:<fingerprint>:<tenant/net>
+	//   bridge:    netplugin:lbnet@<host>:<fingerprint>[+vx|+vlan]:<tenant/net>
+	//              (the suffix says which uplink link the bridge must hold)
 	//   host veth: netplugin:lbep@<host>:<fingerprint>:<bridge>:<tenant/ep>
-	kindNet, kindEP string
-	host            string
+	//   VXLAN:     netplugin:lbvx@<host>:<vni>:<tenant/net>
+	//   802.1Q:    netplugin:lbvlan@<host>:<uplink>:<vlan>:<tenant/net>
+	kindNet, kindEP, kindVX, kindVLAN string
+	host                              string
 	// sysctlRoot is /proc/sys; a field so that the isolation sysctl is visible in one place.
 	sysctlRoot string
 	// names serialises picking and creating an ethN per container namespace.
 	names nl.Locks
+
+	// mu guards remotes and mtus.
+	mu sync.Mutex
+	// remotes is what the agent last gave SetRemotes, so that a network
+	// (re)created later gets its forwarding entries at once.
+	remotes map[string]core.NetRemotes
+	// mtus caches the container MTU of each network as its last
+	// EnsureNetwork found it, so that EnsureEndpoint needs no address dump.
+	mtus map[string]int
 }
 
 var (
-	_ core.Driver  = (*Driver)(nil)
-	_ core.HandOff = (*Driver)(nil)
+	_ core.Driver    = (*Driver)(nil)
+	_ core.HandOff   = (*Driver)(nil)
+	_ core.Forwarder = (*Driver)(nil)
+	_ core.Noter     = (*Driver)(nil)
 )
 
-// New returns the driver for the agent of host (its --host-label).
-func New(log *logrus.Entry, host string) *Driver {
-	owner := strings.ReplaceAll(host, ":", "_")
-	return &Driver{log: log.WithField("driver", Name), sysctlRoot: "/proc/sys",
-		kindNet: "lbnet@" + owner, kindEP: "lbep@" + owner, host: host}
+// New returns the driver for the agent of cfg.Host. It fails only on a bad
+// configuration; a VTEP or uplink missing on the host is an error per network.
+func New(log *logrus.Entry, cfg Config) (*Driver, error) {
+	owner := strings.ReplaceAll(cfg.Host, ":", "_")
+	d := &Driver{log: log.WithField("driver", Name), cfg: cfg, sysctlRoot: "/proc/sys",
+		kindNet: "lbnet@" + owner, kindEP: "lbep@" + owner, kindVX: "lbvx@" + owner, kindVLAN: "lbvlan@" + owner,
+		host: cfg.Host, mtus: map[string]int{}}
+	if cfg.VTEP != "" {
+		if d.vtep = net.ParseIP(cfg.VTEP).To4(); d.vtep == nil {
+			return nil, fmt.Errorf("linuxbridge: %w: VTEP %q is not an IPv4 address", core.ErrInvalid, cfg.VTEP)
+		}
+	}
+	if cfg.MTU != 0 && (cfg.MTU < 576 || cfg.MTU > 65535) {
+		return nil, fmt.Errorf("linuxbridge: %w: MTU %d outside 576-65535", core.ErrInvalid, cfg.MTU)
+	}
+	if len(cfg.Uplink) > 15 || strings.ContainsAny(cfg.Uplink, " /:") {
+		return nil, fmt.Errorf("linuxbridge: %w: uplink %q is not an interface name", core.ErrInvalid, cfg.Uplink)
+	}
+	return d, nil
 }
 
 // BridgeName is the bridge of a network on the host of agent host: per host as
@@ -57,13 +116,19 @@ func New(log *logrus.Entry, host string) *Driver {
 // bridge; on a real host the name is just as stable.
 func BridgeName(host, netKey string) string { return core.BridgeName(host + "|" + netKey) }
 
+// VXLANName is the VXLAN device of a network on the host of agent host ("npx"
+// + 10 hex = 13 bytes).
+func VXLANName(host, netKey string) string {
+	return core.LinkPrefix + "x" + core.Short(host+"|"+netKey)
+}
+
 // Name implements core.Driver.
 func (d *Driver) Name() string { return Name }
 
-// EnsureNetwork creates or fixes the network's bridge.
+// EnsureNetwork creates or fixes the network's bridge and its uplink link (a
+// VXLAN device or an 802.1Q subinterface, see uplink.go).
 func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
 	name := BridgeName(d.host, n.Key())
-	alias := nl.Alias(d.kindNet, n.Fingerprint(), n.Key())
 	link, err := netlink.LinkByName(name)
 	switch {
 	case nl.IsNotFound(err):
@@ -81,6 +146,10 @@ func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
 			return fmt.Errorf("%w: link %s exists but is not netplugin's; not touching it", core.ErrInUse, name)
 		}
 	}
+	up, err := d.ensureUplink(n, link)
+	if err != nil {
+		return err
+	}
 	if err := d.setGateway(link, n); err != nil {
 		return err
 	}
@@ -94,12 +163,16 @@ func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
 		return fmt.Errorf("set bridge %s up: %w", name, err)
 	}
 	// The alias goes last: it records a fully programmed network.
-	if link.Attrs().Alias != alias {
+	fp := n.Fingerprint()
+	if up != "" {
+		fp += "+" + up
+	}
+	if alias := nl.Alias(d.kindNet, fp, n.Key()); link.Attrs().Alias != alias {
 		if err := netlink.LinkSetAlias(link, alias); err != nil {
 			return fmt.Errorf("mark bridge %s: %w", name, err)
 		}
 	}
-	d.log.WithFields(logrus.Fields{"net": n.Key(), "bridge": name}).Debug("network ensured")
+	d.log.WithFields(logrus.Fields{"net": n.Key(), "bridge": name, "uplink": up}).Debug("network ensured")
 	return nil
 }
 
@@ -134,8 +207,14 @@ func (d *Driver) setGateway(link netlink.Link, n core.NetworkSpec) error {
 	return nil
 }
 
-// RemoveNetwork deletes the bridge if it is ours.
+// RemoveNetwork deletes the bridge and its uplink link if they are ours.
 func (d *Driver) RemoveNetwork(ctx context.Context, o core.ObservedNetwork) error {
+	if err := d.removeUplinks(o.Key, ""); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	delete(d.mtus, o.Key)
+	d.mu.Unlock()
 	return deleteOurs(BridgeName(d.host, o.Key), d.kindNet, 2)
 }
 
@@ -183,8 +262,13 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	if err != nil {
 		return obs, fmt.Errorf("MAC of %s: %w", ep.Key(), err)
 	}
+	mtu, err := d.mtu(ep.Net)
+	if err != nil {
+		return obs, err
+	}
+	// Both ends get the network's MTU (netlink gives the peer the link's).
 	veth := &netlink.Veth{
-		LinkAttrs:        netlink.LinkAttrs{Name: hostName, MasterIndex: br.Attrs().Index, Flags: net.FlagUp},
+		LinkAttrs:        netlink.LinkAttrs{Name: hostName, MasterIndex: br.Attrs().Index, Flags: net.FlagUp, MTU: mtu},
 		PeerNamespace:    netlink.NsFd(int(ns)),
 		PeerHardwareAddr: mac,
 	}
@@ -257,8 +341,13 @@ func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (stri
 	if err != nil {
 		return "", fmt.Errorf("MAC of %s: %w", ep.Key(), err)
 	}
+	mtu, err := d.mtu(ep.Net)
+	if err != nil {
+		return "", err
+	}
+	// The MTU is set before the hand-off: Docker moves the link as it is.
 	veth := &netlink.Veth{
-		LinkAttrs:        netlink.LinkAttrs{Name: hostName, MasterIndex: br.Attrs().Index, Flags: net.FlagUp},
+		LinkAttrs:        netlink.LinkAttrs{Name: hostName, MasterIndex: br.Attrs().Index, Flags: net.FlagUp, MTU: mtu},
 		PeerName:         peerName,
 		PeerHardwareAddr: mac,
 	}
@@ -294,7 +383,10 @@ func deleteOurs(name, kind string, fields int) error {
 	return nil
 }
 
-// Observe lists this driver's bridges and veths by their alias.
+// Observe lists this driver's bridges and veths by their alias. A bridge
+// whose uplink link (VXLAN device or 802.1Q subinterface) is missing, down or
+// off the bridge, or is not what this host's settings now call for, is
+// reported with an empty fingerprint, so that the agent ensures it again.
 func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 	links, err := nl.LinkList(nil)
 	if err != nil {
@@ -305,10 +397,15 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 	for _, l := range links {
 		byName[l.Attrs().Name] = l
 	}
+	ups := d.uplinksByNet(links)
 	for _, l := range links {
 		attrs := l.Attrs()
 		if f, ok := nl.ParseAlias(attrs.Alias, d.kindNet, 2); ok {
-			a.Networks[f[1]] = core.ObservedNetwork{Key: f[1], Fingerprint: f[0]}
+			fp, encap, _ := strings.Cut(f[0], "+")
+			if !d.uplinkHealthy(encap, ups[f[1]], attrs.Index) {
+				fp = ""
+			}
+			a.Networks[f[1]] = core.ObservedNetwork{Key: f[1], Fingerprint: fp}
 			continue
 		}
 		f, ok := nl.ParseAlias(attrs.Alias, d.kindEP, 3)

@@ -27,7 +27,10 @@ func TestTrafficIsolationAndIdempotence(t *testing.T) {
 	nstest.RequireRoot(t)
 	p := nstest.Prefix()
 	ctx := context.Background()
-	d := New(logrus.NewEntry(logrus.New()), p)
+	d, err := New(logrus.NewEntry(logrus.New()), Config{Host: p})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	net1 := core.NetworkSpec{Network: core.Network{Tenant: p, Name: "n1", Driver: Name, Encap: "vlan", Tag: 10, Subnet: "10.77.1.0/24", Gateway: "10.77.1.254"}}
 	net2 := core.NetworkSpec{Network: core.Network{Tenant: p, Name: "n2", Driver: Name, Encap: "vlan", Tag: 11, Subnet: "10.77.2.0/24", Gateway: "10.77.2.254"}}

@@ -20,7 +20,10 @@ func TestParallelEndpointsOfOneNamespace(t *testing.T) {
 	nstest.RequireRoot(t)
 	p := nstest.Prefix()
 	ctx := context.Background()
-	d := New(logrus.NewEntry(logrus.New()), p)
+	d, err := New(logrus.NewEntry(logrus.New()), Config{Host: p})
+	if err != nil {
+		t.Fatal(err)
+	}
 	n := core.NetworkSpec{Network: core.Network{Tenant: p, Name: "n", Driver: Name, Encap: "vlan", Tag: 12, Subnet: "10.148.0.0/24", Gateway: "10.148.0.254"}}
 	if err := d.EnsureNetwork(ctx, n); err != nil {
 		t.Fatal(err)

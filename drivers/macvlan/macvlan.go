@@ -222,11 +222,7 @@ func (o netOpts) lower() string {
 	if o.vlan == 0 {
 		return o.parent
 	}
-	name := o.parent + "." + strconv.Itoa(o.vlan)
-	if len(name) > maxIfName {
-		return core.LinkPrefix + "v" + core.Short(name)
-	}
-	return name
+	return nl.VLANName(o.parent, o.vlan)
 }
 
 // netRecord is what the driver remembers about a network it ensured.

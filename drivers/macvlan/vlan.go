@@ -7,7 +7,6 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/internal/nl"
@@ -31,7 +30,7 @@ func (d *Driver) ensureVLAN(parent netlink.Link, o netOpts) (netlink.Link, error
 			return link, nil
 		}
 	case nl.IsNotFound(err):
-		if link, err = d.createVLAN(parent, o, name, alias); err != nil {
+		if link, err = nl.CreateVLAN(d.host, parent, o.vlan, name, alias); err != nil {
 			return nil, err
 		}
 		d.log.WithFields(logrus.Fields{"link": name, "parent": o.parent, "vlan": o.vlan}).Info("VLAN subinterface created")
@@ -44,46 +43,6 @@ func (d *Driver) ensureVLAN(parent netlink.Link, o netOpts) (netlink.Link, error
 	}
 	if link, err = d.host.LinkByName(name); err != nil {
 		return nil, fmt.Errorf("look up %s: %w", name, err)
-	}
-	return link, nil
-}
-
-// createVLAN creates the subinterface under a temporary name of ours, marks it
-// and renames it: the kernel ignores an alias given at creation, and a crash in
-// between must not leave an unmarked "<parent>.<id>" that looks like an
-// operator's (and would never be deleted).
-func (d *Driver) createVLAN(parent netlink.Link, o netOpts, name, alias string) (netlink.Link, error) {
-	tmp := core.LinkPrefix + "t" + core.Short(name)
-	if old, err := d.host.LinkByName(tmp); err == nil { // a crash's leftover: ours by name
-		if err := d.host.LinkDel(old); err != nil && !nl.IsNotFound(err) {
-			return nil, fmt.Errorf("delete leftover %s: %w", tmp, err)
-		}
-	}
-	v := &netlink.Vlan{VlanId: o.vlan, LinkAttrs: netlink.LinkAttrs{Name: tmp, ParentIndex: parent.Attrs().Index}}
-	if err := d.host.LinkAdd(v); err != nil {
-		switch {
-		case errors.Is(err, unix.EOPNOTSUPP):
-			return nil, fmt.Errorf("create 802.1Q subinterface %s: this kernel has no 802.1Q VLAN support "+
-				"(CONFIG_VLAN_8021Q; try modprobe 8021q): %w", name, err)
-		case errors.Is(err, unix.EEXIST):
-			return nil, fmt.Errorf("%w: VLAN %d already exists on %s under another name; name it %s or remove it",
-				core.ErrInUse, o.vlan, o.parent, name)
-		}
-		return nil, fmt.Errorf("create 802.1Q subinterface %s: %w", name, err)
-	}
-	link, err := d.host.LinkByName(tmp)
-	if err == nil {
-		err = d.host.LinkSetAlias(link, alias)
-	}
-	if err == nil {
-		err = d.host.LinkSetName(link, name)
-	}
-	if err == nil {
-		link, err = d.host.LinkByName(name)
-	}
-	if err != nil {
-		_ = d.host.LinkDel(v)
-		return nil, fmt.Errorf("set up 802.1Q subinterface %s: %w", name, err)
 	}
 	return link, nil
 }

@@ -40,7 +40,7 @@ func (d *Driver) readEndpoint(ctx context.Context, name string) (epRows, error) 
 	}
 	if len(res[1].Rows) > 0 {
 		st.ofport, _ = res[1].Rows[0].GetInt("ofport")
-		if ext, _ := res[1].Rows[0].GetStringMap("external_ids"); st.port == nil && !ours(ext) {
+		if ext, _ := res[1].Rows[0].GetStringMap("external_ids"); st.port == nil && !d.ours(ext) {
 			// An interface of our name inside someone else's port.
 			st.port = &portRow{name: name, ext: ext}
 		}
@@ -82,8 +82,8 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	if err != nil {
 		return obs, err
 	}
-	if cur.port != nil && !ours(cur.port.ext) {
-		return obs, fmt.Errorf("%w: OVS port %s exists but is not netplugin's; not touching it", core.ErrInUse, name)
+	if cur.port != nil && !d.ours(cur.port.ext) {
+		return obs, d.notOurs("OVS port "+name, cur.port.ext)
 	}
 	link, err := d.host.LinkByName(name)
 	switch {
@@ -96,7 +96,7 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 			return obs, fmt.Errorf("%w: link %s exists but is not netplugin's; not touching it", core.ErrInUse, name)
 		}
 	}
-	ext := marks(roleEndpoint, extEndpoint, key, extFP, fp, extNet, ep.Net.Key())
+	ext := d.marks(roleEndpoint, extEndpoint, key, extFP, fp, extNet, ep.Net.Key())
 
 	if link != nil {
 		f, _ := nl.ParseAlias(link.Attrs().Alias, kindEP, 2)
@@ -233,8 +233,12 @@ func (d *Driver) createVeth(ep core.EndpointSpec, name string, mac net.HardwareA
 // container's namespace (nl.Locks.AddNamed: two endpoints of one container
 // never race for the same name).
 func (d *Driver) addVeth(h *netlink.Handle, ns netns.NsHandle, ep core.EndpointSpec, name, alias string, mac net.HardwareAddr) (string, error) {
+	mtu, err := d.containerMTU(ep.Net)
+	if err != nil {
+		return "", err
+	}
 	veth := &netlink.Veth{
-		LinkAttrs:        netlink.LinkAttrs{Name: name, Flags: net.FlagUp, Alias: alias},
+		LinkAttrs:        netlink.LinkAttrs{Name: name, Flags: net.FlagUp, Alias: alias, MTU: mtu},
 		PeerNamespace:    netlink.NsFd(int(ns)),
 		PeerHardwareAddr: mac,
 	}
@@ -266,8 +270,8 @@ func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) er
 	if err != nil {
 		return fmt.Errorf("remove endpoint %s: %w", o.Key, err)
 	}
-	if cur.port != nil && !ours(cur.port.ext) {
-		return fmt.Errorf("%w: OVS port %s is not netplugin's; not touching it", core.ErrInUse, name)
+	if cur.port != nil && !d.ours(cur.port.ext) {
+		return d.notOurs("OVS port "+name, cur.port.ext)
 	}
 	link, err := d.host.LinkByName(name)
 	switch {
@@ -353,3 +357,30 @@ func (d *Driver) transactPorts(ctx context.Context, reqs []*portReq) error {
 	}
 	return nil
 }
+
+// containerMTU is the MTU of the network's container interfaces: for a VXLAN
+// network on a host with a VTEP, Config.MTU or the underlay's less the VXLAN
+// encapsulation; else 0, the kernel's default. The underlay's is measured once
+// and again after every EnsureNetwork.
+func (d *Driver) containerMTU(n core.NetworkSpec) (int, error) {
+	if n.Encap != core.EncapVXLAN || !d.tunnels() {
+		return 0, nil
+	}
+	if d.cfg.MTU > 0 {
+		return d.cfg.MTU, nil
+	}
+	if v := d.underlayMTU.Load(); v > 0 {
+		return int(v), nil
+	}
+	l, err := nl.LinkOfAddr(d.host, net.ParseIP(d.cfg.VTEP))
+	if err != nil {
+		return 0, fmt.Errorf("%w: --vtep-ip %s: %v", core.ErrNotFound, d.cfg.VTEP, err)
+	}
+	v := l.Attrs().MTU - vxlanOverhead
+	d.underlayMTU.Store(int64(v))
+	return v, nil
+}
+
+// vxlanOverhead is what VXLAN over IPv4 adds to a frame: outer IPv4 (20), UDP
+// (8), VXLAN (8) and the inner Ethernet header (14).
+const vxlanOverhead = 50

@@ -48,10 +48,10 @@ func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (stri
 	if err != nil {
 		return "", err
 	}
-	if cur.port != nil && !ours(cur.port.ext) {
-		return "", fmt.Errorf("%w: OVS port %s exists but is not netplugin's; not touching it", core.ErrInUse, name)
+	if cur.port != nil && !d.ours(cur.port.ext) {
+		return "", d.notOurs("OVS port "+name, cur.port.ext)
 	}
-	ext := marks(roleEndpoint, extEndpoint, key, extFP, fp, extNet, ep.Net.Key())
+	ext := d.marks(roleEndpoint, extEndpoint, key, extFP, fp, extNet, ep.Net.Key())
 	obs := core.ObservedEndpoint{Key: key, Fingerprint: fp, IfName: name}
 
 	link, err := d.host.LinkByName(name)
@@ -78,8 +78,13 @@ func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (stri
 	}
 
 	alias := nl.Alias(kindEP, fp, key)
+	mtu, err := d.containerMTU(ep.Net)
+	if err != nil {
+		return "", err
+	}
+	// The MTU is set before the hand-off: Docker moves the link as it is.
 	veth := &netlink.Veth{
-		LinkAttrs:        netlink.LinkAttrs{Name: name, Flags: net.FlagUp, Alias: alias},
+		LinkAttrs:        netlink.LinkAttrs{Name: name, Flags: net.FlagUp, Alias: alias, MTU: mtu},
 		PeerName:         peerName,
 		PeerNamespace:    netlink.NsFd(int(d.rtNS)),
 		PeerHardwareAddr: mac,

@@ -141,24 +141,24 @@ func (d *Driver) readInfra(ctx context.Context) (*infraState, error) {
 	if st.tunBr, err = firstBridge(res[1].Rows); err != nil {
 		return nil, err
 	}
-	if st.intBr != nil && ours(st.intBr.ext) {
+	if st.intBr != nil && d.ours(st.intBr.ext) {
 		st.recs = records(st.intBr.ext)
 	}
 	if d.cfg.Uplink != "" {
 		st.uplink = firstPort(res[2].Rows)
 		for _, r := range res[7].Rows {
 			ext, _ := r.GetStringMap("external_ids")
-			st.uplinkIfaceForeign = st.uplinkIfaceForeign || !ours(ext)
+			st.uplinkIfaceForeign = st.uplinkIfaceForeign || !d.ours(ext)
 		}
 	}
 	st.intPatch, st.tunPatch = firstPort(res[3].Rows), firstPort(res[4].Rows)
 	for _, r := range res[5].Rows {
-		if p := toPort(r); p != nil {
+		if p := toPort(r); p != nil && d.ours(p.ext) {
 			st.tunnels[p.name] = p
 		}
 	}
 	for _, r := range res[6].Rows {
-		if name, err := r.GetString("name"); err == nil {
+		if name, err := r.GetString("name"); err == nil && st.tunnels[name] != nil {
 			st.tunIfaces[name] = r
 		}
 	}
@@ -218,22 +218,32 @@ func intSet(r ovsdb.Row, col string) []int64 {
 // checkOwnership refuses to go on when a row we would change belongs to
 // someone else. It runs before any write, so a refusal changes nothing.
 func (d *Driver) checkOwnership(st *infraState) error {
-	if st.intBr != nil && !ours(st.intBr.ext) {
-		return fmt.Errorf("%w: bridge %s exists but is not netplugin's (no %s=%s in external_ids); not touching it",
-			core.ErrInUse, d.cfg.Bridge, extOwner, ownerValue)
+	if st.intBr != nil && !d.ours(st.intBr.ext) {
+		return d.notOurs("bridge "+d.cfg.Bridge, st.intBr.ext)
 	}
-	if d.tunnels() && st.tunBr != nil && !ours(st.tunBr.ext) {
-		return fmt.Errorf("%w: bridge %s exists but is not netplugin's; not touching it", core.ErrInUse, d.cfg.TunnelBridge)
+	if d.tunnels() && st.tunBr != nil && !d.ours(st.tunBr.ext) {
+		return d.notOurs("bridge "+d.cfg.TunnelBridge, st.tunBr.ext)
 	}
-	if d.cfg.Uplink != "" && ((st.uplink != nil && !ours(st.uplink.ext)) || st.uplinkIfaceForeign) {
+	if d.cfg.Uplink != "" && ((st.uplink != nil && !d.ours(st.uplink.ext)) || st.uplinkIfaceForeign) {
 		return fmt.Errorf("%w: uplink %s is already used by OVS outside netplugin; not taking it over", core.ErrInUse, d.cfg.Uplink)
 	}
 	for _, p := range []*portRow{st.intPatch, st.tunPatch} {
-		if p != nil && !ours(p.ext) {
-			return fmt.Errorf("%w: port %s exists but is not netplugin's", core.ErrInUse, p.name)
+		if p != nil && !d.ours(p.ext) {
+			return d.notOurs("port "+p.name, p.ext)
 		}
 	}
 	return nil
+}
+
+// notOurs is the refusal to touch a row that is not ours, naming the other
+// agent's host label when another netplugin agent marked it.
+func (d *Driver) notOurs(what string, ext map[string]string) error {
+	if h, ok := d.otherHost(ext); ok {
+		return fmt.Errorf("%w: %s belongs to the netplugin agent of host %q, not %q; not touching it "+
+			"(remove it, or run that agent with --host-label %s)", core.ErrInUse, what, h, d.cfg.Host, h)
+	}
+	return fmt.Errorf("%w: %s exists but is not netplugin's (no %s=%s in external_ids); not touching it",
+		core.ErrInUse, what, extOwner, ownerValue)
 }
 
 // txn builds one transaction, handing out uuid-names for inserted rows.
@@ -257,10 +267,11 @@ func (t *txn) port(name string, ext map[string]string, row, iface ovsdb.Row) ovs
 	return ovsdb.NamedUUID(pn)
 }
 
-// bridge inserts a bridge holding ports and its own internal port, and hangs
-// it off the root row (bridges are not root rows: unreferenced, they vanish).
-func (t *txn) bridge(name, dpType string, ext map[string]string, extra ovsdb.Row, ports []ovsdb.NamedUUID) {
-	local := t.port(name, marks(roleLocal), nil, ovsdb.Row{"type": "internal"})
+// bridge inserts a bridge holding ports and its own internal port (marked
+// localExt), and hangs it off the root row (bridges are not root rows:
+// unreferenced, they vanish).
+func (t *txn) bridge(name, dpType string, ext, localExt map[string]string, extra ovsdb.Row, ports []ovsdb.NamedUUID) {
+	local := t.port(name, localExt, nil, ovsdb.Row{"type": "internal"})
 	set := ovsdb.Set{local}
 	for _, p := range ports {
 		set = append(set, p)
@@ -287,10 +298,10 @@ func setTrunks(p *portRow, want []int64) []ovsdb.Operation {
 }
 
 // converge makes bridges, uplink, patch and tunnel ports match the network
-// records after change (which may edit them) and the known peers, in one
-// transaction, then reprograms the tunnel flows if anything changed or
-// forceFlows is set. Callers hold infraMu.
-func (d *Driver) converge(ctx context.Context, change func(map[string]netRecord) error, forceFlows bool) error {
+// records after change (which may edit them) and the known remotes, in one
+// transaction, then brings the tunnel flows up to date (which costs nothing
+// when they are). Callers hold infraMu.
+func (d *Driver) converge(ctx context.Context, change func(map[string]netRecord) error) error {
 	st, err := d.readInfra(ctx)
 	if err != nil {
 		return err
@@ -322,7 +333,7 @@ func (d *Driver) converge(ctx context.Context, change func(map[string]netRecord)
 	if d.cfg.Uplink != "" {
 		want := trunks(recs, core.EncapVLAN)
 		if st.uplink == nil {
-			intPorts = append(intPorts, t.port(d.cfg.Uplink, marks(roleUplink), ovsdb.Row{"trunks": ovsdb.SetOf(want)}, nil))
+			intPorts = append(intPorts, t.port(d.cfg.Uplink, d.marks(roleUplink), ovsdb.Row{"trunks": ovsdb.SetOf(want)}, nil))
 		} else {
 			t.add(setTrunks(st.uplink, want)...)
 		}
@@ -330,19 +341,19 @@ func (d *Driver) converge(ctx context.Context, change func(map[string]netRecord)
 	if d.tunnels() {
 		want := trunks(recs, core.EncapVXLAN)
 		if st.intPatch == nil {
-			intPorts = append(intPorts, t.port(d.intPatch(), marks(rolePatch), ovsdb.Row{"trunks": ovsdb.SetOf(want)},
+			intPorts = append(intPorts, t.port(d.intPatch(), d.marks(rolePatch), ovsdb.Row{"trunks": ovsdb.SetOf(want)},
 				ovsdb.Row{"type": "patch", "options": ovsdb.StringMap(map[string]string{"peer": d.tunPatch()})}))
 		} else {
 			t.add(setTrunks(st.intPatch, want)...)
 		}
-		d.tunnelOps(&t, st)
+		d.tunnelOps(&t, st, recs)
 	}
 	if st.intBr == nil {
-		ext := marks(roleIntegration)
+		ext := d.marks(roleIntegration)
 		for k, r := range recs {
 			ext[extNetPrefix+k] = r.String()
 		}
-		t.bridge(d.cfg.Bridge, d.cfg.DatapathType, ext, nil, intPorts)
+		t.bridge(d.cfg.Bridge, d.cfg.DatapathType, ext, d.marks(roleLocal), nil, intPorts)
 	} else {
 		if st.intBr.dpType != d.cfg.DatapathType {
 			d.log.WithFields(logrus.Fields{"have": st.intBr.dpType, "want": d.cfg.DatapathType}).
@@ -359,11 +370,11 @@ func (d *Driver) converge(ctx context.Context, change func(map[string]netRecord)
 		if _, err := d.tx(ctx, false, t.ops...); err != nil {
 			return fmt.Errorf("program bridges: %w", err)
 		}
-		d.log.WithFields(logrus.Fields{"networks": len(recs), "peers": len(d.peers), "created": st.intBr == nil}).
+		d.log.WithFields(logrus.Fields{"networks": len(recs), "tunnels": len(d.wantTunnels(recs)), "created": st.intBr == nil}).
 			Info("bridges, uplink and tunnels updated")
 	}
 	d.setNets(recs)
-	if d.tunnels() && (changed || forceFlows) {
+	if d.tunnels() {
 		return d.syncFlows(ctx, recs)
 	}
 	return nil
@@ -399,7 +410,7 @@ func recordOps(br *bridgeRow, have, want map[string]netRecord) []ovsdb.Operation
 // integration bridge still holds ports that are not infrastructure (endpoints,
 // or someone else's): then it only clears the records.
 func (d *Driver) teardown(ctx context.Context, st *infraState) error {
-	if st.intBr == nil || !ours(st.intBr.ext) {
+	if st.intBr == nil || !d.ours(st.intBr.ext) {
 		return nil
 	}
 	busy, err := d.hasOtherPorts(ctx, st.intBr)
@@ -411,7 +422,7 @@ func (d *Driver) teardown(ctx context.Context, st *infraState) error {
 		ops = recordOps(st.intBr, st.recs, nil)
 	} else {
 		del := ovsdb.Set{st.intBr.uuid}
-		if st.tunBr != nil && ours(st.tunBr.ext) {
+		if st.tunBr != nil && d.ours(st.tunBr.ext) {
 			del = append(del, st.tunBr.uuid)
 		}
 		// Dropping the references is enough: OVSDB garbage-collects the
@@ -425,6 +436,7 @@ func (d *Driver) teardown(ctx context.Context, st *infraState) error {
 		return fmt.Errorf("remove bridges: %w", err)
 	}
 	if !busy {
+		d.applied = flowState{} // the flows went with the tunnel bridge
 		d.log.Info("last network removed; bridges deleted")
 	}
 	return nil
@@ -448,7 +460,7 @@ func (d *Driver) hasOtherPorts(ctx context.Context, br *bridgeRow) (bool, error)
 		for _, row := range r.Rows {
 			ext, _ := row.GetStringMap("external_ids")
 			switch {
-			case !ours(ext), ext[extRole] == roleEndpoint:
+			case !d.ours(ext), ext[extRole] == roleEndpoint:
 				return true, nil
 			}
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"sort"
 
 	"github.com/sirupsen/logrus"
 
@@ -26,6 +25,7 @@ func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
 	}
 	d.infraMu.Lock()
 	defer d.infraMu.Unlock()
+	d.underlayMTU.Store(0) // measured again: the underlay may have changed
 	var vlan int
 	err := d.converge(ctx, func(recs map[string]netRecord) error {
 		rec := netRecord{FP: n.Fingerprint(), Encap: n.Encap, Tag: n.Tag, VLAN: n.Tag}
@@ -55,7 +55,7 @@ func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
 		}
 		recs[n.Key()], vlan = rec, rec.VLAN
 		return nil
-	}, true)
+	})
 	if err != nil {
 		return fmt.Errorf("ensure network %s: %w", n.Key(), err)
 	}
@@ -76,35 +76,26 @@ func (d *Driver) RemoveNetwork(ctx context.Context, o core.ObservedNetwork) erro
 	err := d.converge(ctx, func(recs map[string]netRecord) error {
 		delete(recs, o.Key)
 		return nil
-	}, false)
+	})
 	if err != nil {
 		return fmt.Errorf("remove network %s: %w", o.Key, err)
 	}
 	return nil
 }
 
-// SetPeers makes the tunnel ports match the live remote VTEPs and reprograms
-// the tunnel flows, which also puts back flows removed behind our back (the
-// agent calls this on every sync). Without a local VTEP it only remembers them.
-func (d *Driver) SetPeers(ctx context.Context, peers []core.Peer) error {
+// SetRemotes implements core.Forwarder: tunnel ports to exactly the hosts that
+// share a VXLAN network with this host, and tunnel flows that send a frame for
+// a remote MAC to the one VTEP holding it and broadcast, multicast and unknown
+// unicast only to the network's hosts. The flows are rewritten (one ovs-ofctl
+// bundle) only when they change, or every Config.FlowRefresh to put back what
+// was deleted behind our back. Without a local VTEP it only remembers them.
+func (d *Driver) SetRemotes(ctx context.Context, remotes map[string]core.NetRemotes) error {
 	ctx, cancel := d.opCtx(ctx)
 	defer cancel()
 	d.infraMu.Lock()
 	defer d.infraMu.Unlock()
-	var bad []string
-	var keep []core.Peer
-	for _, p := range peers {
-		switch ip := net.ParseIP(p.VTEP).To4(); {
-		case p.VTEP == "":
-			// A host without VTEP does VLAN only.
-		case ip == nil:
-			bad = append(bad, fmt.Sprintf("%s (%q)", p.Name, p.VTEP))
-		case ip.String() != d.cfg.VTEP:
-			keep = append(keep, core.Peer{Name: p.Name, VTEP: ip.String()})
-		}
-	}
-	sort.Slice(keep, func(i, j int) bool { return keep[i].VTEP < keep[j].VTEP })
-	d.peers, d.peersKnown = keep, true
+	clean, bad := d.cleanRemotes(remotes)
+	d.remotes, d.remotesKnown = clean, true
 	if !d.tunnels() {
 		return nil
 	}
@@ -112,14 +103,62 @@ func (d *Driver) SetPeers(ctx context.Context, peers []core.Peer) error {
 		return err
 	}
 	// With no network yet converge finds no bridge and does nothing; the first
-	// EnsureNetwork then adds the tunnels for the peers remembered here.
-	if err := d.converge(ctx, nil, true); err != nil {
-		return fmt.Errorf("set peers: %w", err)
+	// EnsureNetwork then adds the tunnels for the hosts remembered here.
+	if err := d.converge(ctx, nil); err != nil {
+		return fmt.Errorf("set remotes: %w", err)
 	}
 	if len(bad) > 0 {
-		return fmt.Errorf("%w: peers with a VTEP that is not an IPv4 address: %v", core.ErrInvalid, bad)
+		return fmt.Errorf("%w: remote hosts or endpoints with a bad VTEP or MAC skipped: %v", core.ErrInvalid, bad)
 	}
 	return nil
+}
+
+// cleanRemotes keeps the hosts and endpoints with a usable VTEP other than our
+// own (a VTEP in canonical form, so that it names the same tunnel port) and,
+// for endpoints, a MAC; it lists the rest.
+func (d *Driver) cleanRemotes(remotes map[string]core.NetRemotes) (map[string]core.NetRemotes, []string) {
+	out := make(map[string]core.NetRemotes, len(remotes))
+	var bad []string
+	vtep := func(s string) (string, bool) {
+		ip := net.ParseIP(s).To4()
+		return ip.String(), ip != nil && ip.String() != d.cfg.VTEP
+	}
+	for key, r := range remotes {
+		var c core.NetRemotes
+		for _, h := range r.Hosts {
+			if v, ok := vtep(h.VTEP); ok {
+				c.Hosts = append(c.Hosts, core.Peer{Name: h.Name, VTEP: v})
+			} else if h.VTEP != d.cfg.VTEP {
+				bad = append(bad, fmt.Sprintf("host %s (%q)", h.Name, h.VTEP))
+			}
+		}
+		for _, e := range r.Endpoints {
+			mac, err := net.ParseMAC(e.MAC)
+			v, ok := vtep(e.VTEP)
+			if err != nil || !ok {
+				if e.VTEP != d.cfg.VTEP {
+					bad = append(bad, fmt.Sprintf("endpoint %s on %s (%q)", e.MAC, e.Host, e.VTEP))
+				}
+				continue
+			}
+			e.MAC, e.VTEP = mac.String(), v
+			c.Endpoints = append(c.Endpoints, e)
+		}
+		out[key] = c
+	}
+	return out, bad
+}
+
+// NetworkNote implements core.Noter: a network this host cannot join to the
+// other hosts says so in its endpoints' status.
+func (d *Driver) NetworkNote(n core.NetworkSpec) string {
+	switch {
+	case n.Encap == core.EncapVXLAN && !d.tunnels():
+		return "host-local: no --vtep-ip on host " + d.cfg.Host
+	case n.Encap == core.EncapVLAN && d.cfg.Uplink == "":
+		return "host-local: no --ovs-uplink on host " + d.cfg.Host
+	}
+	return ""
 }
 
 // tunnelName is the tunnel port towards vtep: "npt" + 8 hex digits of the

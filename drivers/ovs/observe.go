@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 
@@ -52,7 +53,7 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 	}
 	recs := map[string]netRecord{}
 	onBridge := map[ovsdb.UUID]bool{}
-	if br != nil && ours(br.ext) {
+	if br != nil && d.ours(br.ext) {
 		recs = records(br.ext)
 		for _, u := range br.ports {
 			onBridge[u] = true
@@ -83,9 +84,16 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 		name, _ := r.GetString("name")
 		ofports[name], _ = r.GetInt("ofport")
 	}
+	var foreign []string
+	foreignPort := map[string]bool{}
 	for _, r := range res[1].Rows {
 		p := toPort(r)
 		if p == nil || p.ext[extEndpoint] == "" {
+			continue
+		}
+		if h, other := d.otherHost(p.ext); other {
+			foreign = append(foreign, p.name+"@"+h)
+			foreignPort[p.name] = true
 			continue
 		}
 		key := p.ext[extEndpoint]
@@ -106,11 +114,12 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 		o.Healthy = healthy
 		a.Endpoints[key] = o
 	}
+	d.reportForeign(foreign)
 	// A veth of ours whose port is gone (deleted by hand, or a crash between
 	// link and port) is an unhealthy endpoint: Ensure puts the port back.
 	for _, l := range links {
 		f, ok := nl.ParseAlias(l.Attrs().Alias, kindEP, 2)
-		if !ok {
+		if !ok || foreignPort[l.Attrs().Name] { // the veth of another label's port is that agent's
 			continue
 		}
 		if _, seen := a.Endpoints[f[1]]; !seen {
@@ -118,4 +127,22 @@ func (d *Driver) Observe(ctx context.Context) (core.Actual, error) {
 		}
 	}
 	return a, nil
+}
+
+// reportForeign logs, when the set changes, the endpoint ports another host
+// label's agent made on this OVS: after a change of --host-label they are
+// left alone, not swept away, and the operator is told.
+func (d *Driver) reportForeign(ports []string) {
+	slices.Sort(ports)
+	key := strings.Join(ports, ",")
+	d.foreignMu.Lock()
+	defer d.foreignMu.Unlock()
+	if key == d.foreign {
+		return
+	}
+	d.foreign = key
+	if len(ports) > 0 {
+		d.log.WithField("ports", key).Warn("OVS ports of another netplugin host label found; leaving them alone " +
+			"(delete them, or run their agent with its own --host-label)")
+	}
 }

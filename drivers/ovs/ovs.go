@@ -26,9 +26,12 @@
 // simulated hosts side by side.
 //
 // Ownership: every OVSDB row we create carries external_ids
-// netplugin-owner=netplugin (plus a role, and for endpoints the endpoint key and
-// spec fingerprint), every veth an alias netplugin:ovsep:<fingerprint>:<key>.
-// Rows and links without the mark are never changed.
+// netplugin-owner=netplugin and netplugin-host=<host label> (plus a role, and
+// for endpoints the endpoint key and spec fingerprint), every veth an alias
+// netplugin:ovsep:<fingerprint>:<key>. Rows and links without the mark are
+// never changed; rows marked by another host label (the host was renamed, or
+// another agent shares this OVS) are left alone and reported, never swept
+// away. Rows marked before the host label was recorded count as ours.
 package ovs
 
 import (
@@ -42,6 +45,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -65,6 +69,7 @@ const (
 	DefaultTimeout      = 10 * time.Second
 	DefaultBatchWindow  = 300 * time.Microsecond
 	DefaultMaxBatch     = 128
+	DefaultFlowRefresh  = time.Minute
 )
 
 const dbName = "Open_vSwitch"
@@ -74,6 +79,7 @@ const dbName = "Open_vSwitch"
 const (
 	extOwner    = "netplugin-owner"
 	ownerValue  = "netplugin"
+	extHost     = "netplugin-host" // the --host-label of the agent that made the row
 	extRole     = "netplugin-role"
 	extEndpoint = "netplugin-endpoint" // tenant/name of the endpoint
 	extFP       = "netplugin-fp"       // EndpointSpec.Fingerprint()
@@ -101,6 +107,8 @@ const kindEP = "ovsep"
 
 // Config says which OVS to program and how.
 type Config struct {
+	// Host is the agent's --host-label; every row we create is marked with it.
+	Host string
 	// OVSDB is the ovsdb-server address, "unix:PATH" or "tcp:HOST:PORT".
 	OVSDB string
 	// RunDir holds ovs-vswitchd's sockets and pid file (OVS_RUNDIR). Default:
@@ -117,6 +125,14 @@ type Config struct {
 	Uplink string
 	// VTEP is this host's underlay IPv4 address; empty disables VXLAN tunnels.
 	VTEP string
+	// MTU is the MTU of container interfaces on VXLAN networks; 0: the MTU
+	// of the interface holding VTEP (in HostNetNS) minus 50, the VXLAN
+	// encapsulation, so that no tunnelled packet exceeds the underlay's.
+	MTU int
+	// FlowRefresh is how often the tunnel flows are rewritten although the
+	// wanted set did not change, to put back flows deleted behind our back
+	// (ovs-ofctl is a fork, so not on every sync). Default one minute.
+	FlowRefresh time.Duration
 	// HostNetNS is the path of the network namespace ovs-vswitchd runs in, where
 	// the host ends of veths must live. Empty means the driver's own namespace.
 	HostNetNS string
@@ -150,10 +166,20 @@ type Driver struct {
 	// infraMu serialises changes to bridges, uplink, tunnels and flows: they
 	// are read-modify-write of shared rows (the bridge's network records).
 	infraMu sync.Mutex
-	peers   []core.Peer
-	// peersKnown is false until the first SetPeers: before that an existing
-	// tunnel port may be a live peer we have not heard of yet.
-	peersKnown bool
+	// remotes is what the agent last gave SetRemotes; remotesKnown is false
+	// until the first call: before that an existing tunnel port may lead to a
+	// live peer we have not heard of yet.
+	remotes      map[string]core.NetRemotes
+	remotesKnown bool
+	// applied is the flow table last written to the tunnel bridge, with what
+	// it was written to (see syncFlows), so that an unchanged set costs no fork.
+	applied flowState
+	// underlayMTU caches the MTU of the interface holding the VTEP.
+	underlayMTU atomic.Int64
+
+	// foreign is the last reported set of ports of another host label.
+	foreignMu sync.Mutex
+	foreign   string
 	// nets caches the network records of the bridge for EnsureEndpoint; it is
 	// refreshed by every infrastructure change and on a miss.
 	netsMu sync.Mutex
@@ -171,8 +197,9 @@ type Driver struct {
 
 var (
 	_ core.Driver    = (*Driver)(nil)
-	_ core.PeerAware = (*Driver)(nil)
+	_ core.Forwarder = (*Driver)(nil)
 	_ core.HandOff   = (*Driver)(nil)
+	_ core.Noter     = (*Driver)(nil)
 )
 
 // New returns a driver for cfg. It fails only on bad configuration: an agent
@@ -244,6 +271,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = DefaultMaxBatch
+	}
+	if c.FlowRefresh <= 0 {
+		c.FlowRefresh = DefaultFlowRefresh
+	}
+	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535) {
+		return fmt.Errorf("ovs: %w: MTU %d outside 576-65535", core.ErrInvalid, c.MTU)
 	}
 	// Bridges are kernel (or tap) devices too: 15 bytes at most.
 	for _, n := range []string{c.Bridge, c.TunnelBridge, c.Uplink} {
@@ -327,6 +360,13 @@ func (d *Driver) ready(ctx context.Context) error {
 	return d.vswitchdUp()
 }
 
+// vswitchdPid is the pid in ovs-vswitchd's pid file ("" if none): a new one
+// means a restarted vswitchd, whose tunnel bridge has no flows yet.
+func (d *Driver) vswitchdPid() string {
+	b, _ := os.ReadFile(filepath.Join(d.cfg.RunDir, "ovs-vswitchd.pid"))
+	return strings.TrimSpace(string(b))
+}
+
 // vswitchdUp fails when ovs-vswitchd is not running: the database would accept
 // our rows, but nothing would program them, and the agent must say so.
 func (d *Driver) vswitchdUp() error {
@@ -350,12 +390,24 @@ func (d *Driver) vswitchdUp() error {
 // lockKey serialises work on one endpoint key.
 func (d *Driver) lockKey(key string) func() { return d.epLocks.Lock(key) }
 
-// ours reports whether an external_ids map carries our owner mark.
-func ours(ext map[string]string) bool { return ext[extOwner] == ownerValue }
+// ours reports whether an external_ids map carries our owner mark and this
+// host's label (or no label: a row from before labels were recorded).
+func (d *Driver) ours(ext map[string]string) bool {
+	return ext[extOwner] == ownerValue && (ext[extHost] == "" || ext[extHost] == d.cfg.Host)
+}
+
+// otherHost returns the host label of a row marked by another netplugin agent.
+func (d *Driver) otherHost(ext map[string]string) (string, bool) {
+	h := ext[extHost]
+	return h, ext[extOwner] == ownerValue && h != "" && h != d.cfg.Host
+}
 
 // marks returns the external_ids of a row we create with the given role.
-func marks(role string, kv ...string) map[string]string {
+func (d *Driver) marks(role string, kv ...string) map[string]string {
 	m := map[string]string{extOwner: ownerValue, extRole: role}
+	if d.cfg.Host != "" {
+		m[extHost] = d.cfg.Host
+	}
 	for i := 0; i+1 < len(kv); i += 2 {
 		m[kv[i]] = kv[i+1]
 	}

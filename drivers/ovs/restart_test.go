@@ -20,8 +20,8 @@ func TestRestartAndDrift(t *testing.T) {
 	vx := network(p, "vx", core.EncapVXLAN, 7001, "10.80.0.0/24")
 	a := endpoint(t, p, "a", "10.80.0.1", vx, 1)
 	b := endpoint(t, p, "b", "10.80.0.2", vx, 2)
-	mustSetPeers(t, ha.drv, peersOf(hb))
-	mustSetPeers(t, hb.drv, peersOf(ha))
+	mustSetRemotes(t, ha.drv, remotesOn(hb, []core.EndpointSpec{b}))
+	mustSetRemotes(t, hb.drv, remotesOn(ha, []core.EndpointSpec{a}))
 	mustEnsureNets(t, ha.drv, vx)
 	mustEnsureNets(t, hb.drv, vx)
 	obsA := mustEnsureEPs(t, ha.drv, a)[a.Key()]
@@ -44,9 +44,9 @@ func TestRestartAndDrift(t *testing.T) {
 
 	for _, hx := range []struct {
 		h, other *host
-		ep       core.EndpointSpec
+		ep, far  core.EndpointSpec
 		obs      core.ObservedEndpoint
-	}{{ha, hb, a, obsA}, {hb, ha, b, obsB}} {
+	}{{ha, hb, a, b, obsA}, {hb, ha, b, a, obsB}} {
 		d := hx.h.newDriver(t)
 		act, err := d.Observe(testCtx(t))
 		if err != nil {
@@ -59,12 +59,12 @@ func TestRestartAndDrift(t *testing.T) {
 		if n := act.Networks[vx.Key()]; n.Fingerprint != vx.Fingerprint() {
 			t.Fatalf("new driver observes network %+v", n)
 		}
-		// What the agent does on its first pass: peers, networks, endpoints.
-		mustSetPeers(t, d, peersOf(hx.other))
+		// What the agent does on its first pass: networks, endpoints, remotes.
 		mustEnsureNets(t, d, vx)
 		if o := mustEnsureEPs(t, d, hx.ep)[hx.ep.Key()]; o.IfIndex != hx.obs.IfIndex {
 			t.Fatalf("Ensure after restart recreated the link: %+v, was %+v", o, hx.obs)
 		}
+		mustSetRemotes(t, d, remotesOn(hx.other, []core.EndpointSpec{hx.far}))
 		hx.h.drv = d
 	}
 	if got := ha.ofport(t, portA); got != ofA {
@@ -110,14 +110,17 @@ func TestRestartAndDrift(t *testing.T) {
 	}
 	nstest.MustPing(t, p+"a", "10.80.0.2")
 
-	// A flow deleted by hand comes back with the next SetPeers (every sync).
+	// A flow deleted by hand comes back with the first SetRemotes (every
+	// sync) after FlowRefresh.
 	before := ourFlows(t, ha)
 	ha.ofctl(t, "del-flows", "unix:"+ha.inst.Dir+"/np-tun.mgmt", "table=1,tun_id=7001")
 	if len(ourFlows(t, ha)) != len(before)-1 {
 		t.Fatal("flow not deleted by hand")
 	}
 	nstest.MustNotPing(t, p+"a", "10.80.0.2")
-	mustSetPeers(t, ha.drv, peersOf(hb))
+	ha.drv.cfg.FlowRefresh = time.Millisecond
+	time.Sleep(2 * time.Millisecond)
+	mustSetRemotes(t, ha.drv, remotesOn(hb, []core.EndpointSpec{b}))
 	if after := ourFlows(t, ha); len(after) != len(before) {
 		t.Fatalf("flows not restored:\nbefore:\n%s\nafter:\n%s", strings.Join(before, "\n"), strings.Join(after, "\n"))
 	}

@@ -36,18 +36,29 @@ func vxlanPair(t *testing.T) (ha, hb *host) {
 	return ha, hb
 }
 
-func peersOf(hs ...*host) []core.Peer {
-	var out []core.Peer
-	for i, h := range hs {
-		out = append(out, core.Peer{Name: fmt.Sprintf("host%d", i), VTEP: h.cfg.VTEP})
+// remotesOn is what the agent of one host would pass SetRemotes: the
+// endpoints eps, all on host peer, and peer as the one remote host of each
+// of their networks; nets lists further networks peer has without endpoints
+// given here.
+func remotesOn(peer *host, eps []core.EndpointSpec, nets ...core.NetworkSpec) map[string]core.NetRemotes {
+	out := map[string]core.NetRemotes{}
+	hostOf := core.Peer{Name: peer.ns, VTEP: peer.cfg.VTEP}
+	for _, n := range nets {
+		out[n.Key()] = core.NetRemotes{Hosts: []core.Peer{hostOf}}
+	}
+	for _, e := range eps {
+		r := out[e.Net.Key()]
+		r.Hosts = []core.Peer{hostOf}
+		r.Endpoints = append(r.Endpoints, core.Remote{MAC: e.MAC, IP: e.IP, Host: peer.ns, VTEP: peer.cfg.VTEP})
+		out[e.Net.Key()] = r
 	}
 	return out
 }
 
-func mustSetPeers(t *testing.T, d *Driver, peers []core.Peer) {
+func mustSetRemotes(t *testing.T, d *Driver, remotes map[string]core.NetRemotes) {
 	t.Helper()
-	if err := d.SetPeers(testCtx(t), peers); err != nil {
-		t.Fatalf("SetPeers: %v", err)
+	if err := d.SetRemotes(testCtx(t), remotes); err != nil {
+		t.Fatalf("SetRemotes: %v", err)
 	}
 }
 
@@ -74,9 +85,9 @@ func TestVXLANTwoHosts(t *testing.T) {
 	c := endpoint(t, p, "c", "10.79.0.3", vx2, 3)
 
 	for i := 0; i < 2; i++ {
-		// Peers before networks: remembered, then used when the bridges appear.
-		mustSetPeers(t, ha.drv, peersOf(hb))
-		mustSetPeers(t, hb.drv, peersOf(ha))
+		// Remotes before networks: remembered, then used when the bridges appear.
+		mustSetRemotes(t, ha.drv, remotesOn(hb, []core.EndpointSpec{b, c}))
+		mustSetRemotes(t, hb.drv, remotesOn(ha, []core.EndpointSpec{a}, vx2))
 		mustEnsureNets(t, ha.drv, vx1, vx2)
 		mustEnsureNets(t, hb.drv, vx1, vx2)
 		mustEnsureEPs(t, ha.drv, a)
@@ -92,25 +103,28 @@ func TestVXLANTwoHosts(t *testing.T) {
 		!strings.Contains(opts, `local_ip="10.99.0.1"`) || !strings.Contains(opts, "key=flow") {
 		t.Fatalf("tunnel options: %s", opts)
 	}
-	if f := ourFlows(t, ha); len(f) != 7 { // 2 drops, 1 per tunnel, 2 per network
-		t.Errorf("flows on A:\n%s", strings.Join(f, "\n"))
+	// 3 drops, 1 from the patch port, 1 per tunnel; per network 1 from each
+	// host of it, 1 per remote MAC, 1 flooding to the network's hosts.
+	flows := strings.Join(ourFlows(t, ha), "\n")
+	if n := len(ourFlows(t, ha)); n != 5+3+3 || !strings.Contains(flows, "dl_dst="+b.MAC) {
+		t.Errorf("%d flows on A:\n%s", n, flows)
 	}
 	nstest.MustPing(t, p+"a", "10.79.0.2")
 	nstest.MustNotPing(t, p+"a", "10.79.0.3")
 	nstest.MustNotPing(t, p+"c", "10.79.0.1")
 
 	// A peer that leaves takes its tunnel port with it.
-	mustSetPeers(t, ha.drv, nil)
+	mustSetRemotes(t, ha.drv, nil)
 	if out := ha.vsctl(t, "--columns=name", "find", "Interface", "type=vxlan"); out != "" {
 		t.Errorf("tunnel left after its peer went: %s", out)
 	}
 	nstest.MustNotPing(t, p+"a", "10.79.0.2")
-	mustSetPeers(t, ha.drv, peersOf(hb))
+	mustSetRemotes(t, ha.drv, remotesOn(hb, []core.EndpointSpec{b, c}))
 	nstest.MustPing(t, p+"a", "10.79.0.2")
 
 	removeAll(t, ha.drv, []core.EndpointSpec{a}, []core.NetworkSpec{vx1, vx2})
 	removeAll(t, hb.drv, []core.EndpointSpec{b, c}, []core.NetworkSpec{vx1, vx2})
-	mustSetPeers(t, ha.drv, peersOf(hb)) // no network: must not bring bridges back
+	mustSetRemotes(t, ha.drv, remotesOn(hb, []core.EndpointSpec{b, c})) // no network: must not bring bridges back
 	assertClean(t, ha)
 	assertClean(t, hb)
 }

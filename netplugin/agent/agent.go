@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +47,10 @@ type Config struct {
 	AdoptCluster           bool // take the store's cluster ID even if this host was programmed from another
 	Log                    *logrus.Entry
 	Metrics                *Metrics
+
+	// HostGrace is how long a host whose lease went keeps its tunnels, routes
+	// and forwarding entries here (0: dropped at once).
+	HostGrace time.Duration
 }
 
 // Agent reconciles one host.
@@ -61,6 +64,10 @@ type Agent struct {
 	routes  *routes.Syncer
 	// routed: routes were installed, so an empty desired set must be applied too.
 	routed bool
+	// hostMem and graceTimer keep hosts for HostGrace after their lease went
+	// (see overlay.go); used by SyncOnce only.
+	hostMem    hostMemory
+	graceTimer *time.Timer
 
 	// written is the status last written per endpoint key, so unchanged status
 	// costs no etcd write.
@@ -286,22 +293,38 @@ func (a *Agent) SyncOnce(ctx context.Context, sess *state.HostSession) error {
 	}
 
 	var errs []error
-	peers, err := a.peers()
+	hosts, err := a.connectedHosts()
 	if err != nil {
 		errs = append(errs, err)
 	}
+	peers := peersOf(a.cfg.Host, hosts)
+	remotes := remotesFor(a.cfg.Host, nets, eps, hosts)
 	for name, drv := range a.cfg.Drivers {
-		if pa, ok := drv.(core.PeerAware); ok && err == nil {
-			if err := pa.SetPeers(ctx, peers); err != nil {
-				errs = append(errs, fmt.Errorf("driver %s: peers: %w", name, err))
-			}
-		}
 		d := want[name]
 		if d == nil {
 			d = &core.Desired{}
 		}
 		if err := a.syncDriver(ctx, drv, *d, hold, status); err != nil {
 			errs = append(errs, fmt.Errorf("driver %s: %w", name, err))
+		}
+		// After the driver's networks exist, so that their forwarding
+		// entries can go in on the same pass.
+		if fw, ok := drv.(core.Forwarder); ok && err == nil {
+			r := remotes[name]
+			if r == nil {
+				r = map[string]core.NetRemotes{}
+			}
+			if err := fw.SetRemotes(ctx, r); err != nil {
+				errs = append(errs, fmt.Errorf("driver %s: remotes: %w", name, err))
+			}
+		}
+		if nt, ok := drv.(core.Noter); ok {
+			for _, e := range d.Endpoints {
+				if st, ok := status[e.Key()]; ok {
+					st.Note = nt.NetworkNote(e.Net)
+					status[e.Key()] = st
+				}
+			}
 		}
 	}
 	if err == nil {
@@ -320,26 +343,9 @@ func (a *Agent) SyncOnce(ctx context.Context, sess *state.HostSession) error {
 	return errors.Join(errs...)
 }
 
-// peers lists the other live hosts from the hosts mirror.
-func (a *Agent) peers() ([]core.Peer, error) {
-	kvs, _ := a.hosts.Snapshot()
-	hosts, err := state.DecodeHosts(kvs)
-	if err != nil {
-		return nil, err
-	}
-	var out []core.Peer
-	for _, h := range hosts {
-		if h.Name != a.cfg.Host {
-			out = append(out, core.Peer{Name: h.Name, VTEP: h.VTEP})
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
-}
-
-// syncRoutes routes every other live host's block of a routed network to that
-// host's underlay address; a host whose lease expired drops out of peers, and
-// so do its routes.
+// syncRoutes routes every other connected host's block of a routed network to
+// that host's underlay address; a host whose lease expired drops out of peers
+// after the grace period, and so do its routes.
 func (a *Agent) syncRoutes(nets map[string]core.Network, peers []core.Peer) error {
 	via := map[string]net.IP{}
 	for _, p := range peers {

@@ -23,7 +23,7 @@ func startAgent(t *testing.T, s *state.Store, host string) (stop func()) {
 	nstest.RemoveMarkedAtCleanup(t, host)
 	ctx, cancel := context.WithCancel(context.Background())
 	log := etcdtest.Log(t)
-	a := agent.New(agent.Config{Host: host, Store: s, Drivers: map[string]core.Driver{linuxbridge.Name: linuxbridge.New(log, host)},
+	a := agent.New(agent.Config{Host: host, Store: s, Drivers: map[string]core.Driver{linuxbridge.Name: mustLinuxbridge(t, log, host)},
 		Resync: 500 * time.Millisecond, Log: log, LeaseFile: leaseFile(t, host)})
 	done := make(chan struct{})
 	go func() { defer close(done); _ = a.Run(ctx) }()

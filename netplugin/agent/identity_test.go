@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -28,7 +29,7 @@ func runAgent(t *testing.T, s *state.Store, host string, cfg agent.Config) (*age
 	nstest.RemoveMarkedAtCleanup(t, host)
 	log := etcdtest.Log(t)
 	cfg.Host, cfg.Store, cfg.Log = host, s, log
-	cfg.Drivers = map[string]core.Driver{linuxbridge.Name: linuxbridge.New(log, host)}
+	cfg.Drivers = map[string]core.Driver{linuxbridge.Name: mustLinuxbridge(t, log, host)}
 	if cfg.Resync == 0 {
 		cfg.Resync = 300 * time.Millisecond
 	}
@@ -281,10 +282,21 @@ func TestNetNSRefused(t *testing.T) {
 		"escape": "invalid", "missing": "no such file"}
 	var keys []string
 	for name, ns := range cases {
+		keys = append(keys, "default/"+p+name)
+		if name == "escape" {
+			// The store refuses such a path when it is written; the agent
+			// must refuse it too, from a record written by hand or by an
+			// older netdcli.
+			ep := core.Endpoint{Tenant: "default", Network: p, Name: p + name, IP: "10.79.6.200", MAC: state.NewMAC(), Host: host, NetNS: ns}
+			b, _ := json.Marshal(ep)
+			if _, err := s.Client().Put(ctx, state.ConfigPrefix+"endpoints/default/"+ep.Name, string(b)); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
 		if _, err := s.CreateEndpoint(ctx, core.Endpoint{Network: p, Name: p + name, Host: host, NetNS: ns}, 0); err != nil {
 			t.Fatal(err)
 		}
-		keys = append(keys, "default/"+p+name)
 	}
 	before := nstest.Links(t)
 	_, _, _ = runAgent(t, s, host, agent.Config{LeaseFile: leaseFile(t, host)})

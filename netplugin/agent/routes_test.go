@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/drivers/linuxbridge"
 	"github.com/netplugin/netplugin/internal/etcdtest"
@@ -17,7 +19,8 @@ import (
 
 // TestRoutedNetworkRouteDistribution: an ipvlan l3 network gives each host a
 // block of its subnet; every other live host routes that block to the host's
-// underlay address, and withdraws the route when the host's lease ends. The
+// underlay address, and withdraws the route when the host's lease ends and
+// the agent's host grace period after it. The
 // routes are checked in three "host" namespaces on this kernel (the ipvlan
 // dataplane itself runs in the kernel lab).
 func TestRoutedNetworkRouteDistribution(t *testing.T) {
@@ -29,6 +32,8 @@ func TestRoutedNetworkRouteDistribution(t *testing.T) {
 	nstest.Exec(t, under, "ip", "link", "add", "br0", "type", "bridge")
 	nstest.Exec(t, under, "ip", "link", "set", "br0", "up")
 	hosts := []string{p + "h1", p + "h2", p + "h3"}
+	// Host 1 keeps a host whose lease went for 3 s; the others drop it at once.
+	grace := []time.Duration{3 * time.Second, 0, 0}
 	stores := map[string]*state.Store{}
 	stops := map[string]func(){}
 	for i, h := range hosts {
@@ -45,8 +50,8 @@ func TestRoutedNetworkRouteDistribution(t *testing.T) {
 		stores[h] = s
 		actx, cancel := context.WithCancel(ctx)
 		a := agent.New(agent.Config{Host: h, VTEP: fmt.Sprintf("10.85.0.%d", i+1), RouteNetNS: nstest.Path(h), Store: s,
-			Drivers: map[string]core.Driver{linuxbridge.Name: linuxbridge.New(etcdtest.Log(t), h)},
-			Resync:  300 * time.Millisecond, LeaseTTL: 2, Log: etcdtest.Log(t)})
+			Drivers: map[string]core.Driver{linuxbridge.Name: mustLinuxbridge(t, etcdtest.Log(t), h)},
+			Resync:  300 * time.Millisecond, LeaseTTL: 2, Log: etcdtest.Log(t), HostGrace: grace[i]})
 		done := make(chan struct{})
 		go func() { defer close(done); _ = a.Run(actx) }()
 		stops[h] = func() { cancel(); <-done }
@@ -102,10 +107,18 @@ func TestRoutedNetworkRouteDistribution(t *testing.T) {
 	waitRoutes(hosts[2], map[string]string{blocks[hosts[0]]: "10.85.0.1", blocks[hosts[1]]: "10.85.0.2"}, []string{blocks[hosts[2]]})
 
 	// Host 3 loses etcd (a crash, as far as the others can tell): when its lease
-	// expires the others withdraw its route. Its block stays allocated.
+	// expires host 2 withdraws its route, host 1 only after its grace period.
+	// Its block stays allocated.
 	_ = stores[hosts[2]].Close()
-	waitRoutes(hosts[0], map[string]string{blocks[hosts[1]]: "10.85.0.2"}, []string{blocks[hosts[2]]})
 	waitRoutes(hosts[1], map[string]string{blocks[hosts[0]]: "10.85.0.1"}, []string{blocks[hosts[2]]})
+	gone := time.Now()
+	if out := routesIn(hosts[0]); !strings.Contains(out, blocks[hosts[2]]+" via 10.85.0.3") {
+		t.Fatalf("host 1 withdrew the route to host 3 inside its grace period:\n%s", out)
+	}
+	waitRoutes(hosts[0], map[string]string{blocks[hosts[1]]: "10.85.0.2"}, []string{blocks[hosts[2]]})
+	if kept := time.Since(gone); kept < 2*time.Second {
+		t.Fatalf("host 1 kept the route %v after the lease went, want about its 3 s grace", kept)
+	}
 
 	// Deleting the network removes every route.
 	stops[hosts[2]]()
@@ -119,4 +132,14 @@ func TestRoutedNetworkRouteDistribution(t *testing.T) {
 	}
 	waitRoutes(hosts[0], nil, []string{"10.86.0."})
 	waitRoutes(hosts[1], nil, []string{"10.86.0."})
+}
+
+// mustLinuxbridge is a host-local linuxbridge driver for the agent of host.
+func mustLinuxbridge(t *testing.T, log *logrus.Entry, host string) *linuxbridge.Driver {
+	t.Helper()
+	d, err := linuxbridge.New(log, linuxbridge.Config{Host: host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

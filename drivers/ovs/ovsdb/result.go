@@ -109,6 +109,12 @@ func convert(v any) (any, error) {
 				if err != nil {
 					return nil, err
 				}
+				// Keys are atoms (RFC 7047 5.1); a set or map is not even
+				// hashable, and indexing the Go map with one would panic.
+				switch k.(type) {
+				case Set, Map:
+					return nil, fmt.Errorf("map key %v is not an atom", kv[0])
+				}
 				val, err := convert(kv[1])
 				if err != nil {
 					return nil, err
