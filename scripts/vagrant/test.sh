@@ -13,9 +13,9 @@
 # each pinging every other; two tenants with one subnet kept apart (each first
 # proven to work on its own); Docker inside the nodes (netplugin network and
 # IPAM driver) across two nodes; no echo lost at 20 ms to a node whose agent
-# restarts (SIGTERM, then SIGKILL); the same for linuxbridge VXLAN networks
-# (reported PENDING, not failed, while NP_VAGRANT_LINUXBRIDGE=pending: the
-# linuxbridge VXLAN dataplane is still to land); `vagrant destroy -f` leaving
+# restarts (SIGTERM, then SIGKILL); node2 reloaded, rejoining; the OVS
+# networks deleted leaving nothing behind; the same mesh and tenant checks for
+# linuxbridge VXLAN networks; `vagrant destroy -f` leaving
 # no container, network, volume or image layer but the node image; the private
 # dockerd and namespace gone at the end. Everything is removed on failure or
 # Ctrl-C too, unless NP_VAGRANT_KEEP=1 (then it says how to remove it).
@@ -31,8 +31,6 @@ need_root
 
 NODES=${NETPLUGIN_NODES:-3}
 [[ $NODES =~ ^[0-9]+$ ]] && [ "$NODES" -ge 2 ] || die "NETPLUGIN_NODES=$NODES: at least 2"
-LB_MODE=${NP_VAGRANT_LINUXBRIDGE:-pending}
-case $LB_MODE in pending | required) ;; *) die "NP_VAGRANT_LINUXBRIDGE=$LB_MODE: pending or required" ;; esac
 
 T0=$(date +%s)
 ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
@@ -105,7 +103,7 @@ NP_DOCKERD_BRIDGE=1 nsenter --net="/run/netns/$NS" scripts/dockerd-up.sh "$DOCKE
 ip netns exec "$NS" sysctl -qw net.ipv4.ip_forward=0
 
 # --- checks ---------------------------------------------------------------------
-passed=0 failed=0 pending=0
+passed=0 failed=0
 results=()
 # run_check FN ARGS...: FN in a subshell with errexit, its output shown
 # indented; returns FN's status. Callers run it with errexit off, and not as
@@ -138,29 +136,6 @@ check() {
 		failed=$((failed + 1))
 		results+=("FAIL $name")
 		echo "FAIL $name"
-	fi
-}
-# pending_check NAME FN ARGS...: a check of what is still to land: while
-# NP_VAGRANT_LINUXBRIDGE=pending its failure is reported, counted as skipped.
-pending_check() {
-	if [ "$LB_MODE" = required ]; then
-		check "$@"
-		return 0
-	fi
-	local name=$1 rc=0
-	shift
-	set +e
-	run_check "$@"
-	rc=$?
-	set -e
-	if [ $rc -eq 0 ]; then
-		passed=$((passed + 1))
-		results+=("PASS $name (passes while pending: set NP_VAGRANT_LINUXBRIDGE=required)")
-		echo "PASS $name: it passes, make it required (NP_VAGRANT_LINUXBRIDGE=required in the Makefile)"
-	else
-		pending=$((pending + 1))
-		results+=("PENDING $name")
-		echo "PENDING $name: fails until the linuxbridge VXLAN dataplane lands (branch h-overlay); counted as skipped"
 	fi
 }
 # times: what the checks measured (they run in subshells).
@@ -272,6 +247,10 @@ t_agents() {
 		on "$n" curl -sf --max-time 2 http://127.0.0.1:9090/healthz >/dev/null || fail "$n: /healthz not OK"
 	done
 	echo "registered and healthy: $(tr '\n' ' ' <<<"$have")"
+	# What a user sees.
+	have=$(on node1 netdcli -oper get -construct host) || fail "netdcli get host: $have"
+	echo "$have"
+	for n in $(nodes); do grep -qw "$n" <<<"$have" || fail "netdcli does not list $n"; done
 }
 
 # mesh NET_PREFIX DRIVER TENANT NETWORK SUBNET HOSTBYTE: a VXLAN network with
@@ -394,7 +373,7 @@ t_reload() {
 	echo "node2 rejoined: etcd healthy, its endpoints plumbed again, reached from the other nodes"
 }
 
-# The OVS networks go before the linuxbridge ones: one VTEP address serves both.
+# Every endpoint and network deleted: each node as it was before the first.
 t_ovs_delete() {
 	local t p i n
 	for t in ta:oa tb:ob; do
@@ -479,8 +458,8 @@ if [ $failed -eq 0 ]; then
 	check "node2's agent restarted (SIGKILL): no echo lost at 20 ms" t_restart --kill
 	check "vagrant reload node2: it rejoins, its endpoints come back" t_reload
 	check "OVS endpoints and networks deleted: nothing left on the nodes" t_ovs_delete
-	pending_check "linuxbridge VXLAN network across the nodes: every endpoint pings every other" t_lb_mesh
-	pending_check "linuxbridge VXLAN: two tenants with one subnet stay apart" t_lb_tenants
+	check "linuxbridge VXLAN network across the nodes: every endpoint pings every other" t_lb_mesh
+	check "linuxbridge VXLAN: two tenants with one subnet stay apart" t_lb_tenants
 fi
 check "vagrant destroy -f leaves Docker as it was (node image cached)" t_destroy
 check "private dockerd and namespace gone" t_gone
@@ -491,5 +470,5 @@ rm -rf "$W"
 echo
 printf '%s\n' "${results[@]}"
 echo "times: $times, whole run $(($(date +%s) - T0)) s"
-echo "vagrant-test: $passed passed, $failed failed, $pending skipped"
+echo "vagrant-test: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
