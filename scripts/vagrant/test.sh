@@ -266,6 +266,14 @@ mesh() {
 		-subnet "$subnet.0/24" -gw "$subnet.254" "$net" >/dev/null
 	for i in $(seq "$NODES"); do ep "node$i" "$tenant" "$net" "$p$i" "$subnet.$hb$i"; done
 	for i in $(seq "$NODES"); do wait_for 30 "$p$i up on node$i" ep_up "node$i" "$tenant" "$p$i"; done
+	# "up" is the endpoint's own host; the other hosts program their way to
+	# it moments later, and while they do an echo between two others may be
+	# lost: every pair answers once first, then every pair answers every echo.
+	for i in $(seq "$NODES"); do
+		for j in $(seq "$NODES"); do
+			[ "$i" = "$j" ] || wait_for 20 "$p$i@node$i pings $subnet.$hb$j" ping1 "node$i" "$p$i" "$subnet.$hb$j"
+		done
+	done
 	for i in $(seq "$NODES"); do
 		for j in $(seq "$NODES"); do
 			[ "$i" = "$j" ] || ping_ok "node$i" "$p$i" "$subnet.$hb$j"
