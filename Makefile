@@ -2,7 +2,7 @@
 GO ?= go
 export PATH := $(PATH):/usr/local/go/bin:/usr/local/sbin:/usr/sbin:/sbin
 
-.PHONY: all build test e2e demo bench install clean kernel-lab
+.PHONY: all build test e2e demo bench install clean kernel-lab vagrant-test
 
 all: build
 
@@ -28,6 +28,12 @@ kernel-lab:
 # tenants with one subnet kept apart; removed at the end.
 demo:
 	scripts/demo.sh
+
+# The Vagrantfile's cluster with the docker provider, on a private dockerd in a
+# namespace of its own: cross-node checks, then vagrant destroy (see
+# scripts/vagrant/test.sh). The node image is cached in /var/cache/netplugin-vagrant.
+vagrant-test:
+	scripts/vagrant/test.sh
 
 bench: build
 	scripts/install-deps.sh

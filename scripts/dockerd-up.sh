@@ -7,6 +7,10 @@
 # /run/containerd/containerd.sock exists). The daemon gets no network of its
 # own (--bridge=none --iptables=false --ip-masq=false): no docker0, no NAT
 # towards eth0. Run containers with --network none.
+# NP_DOCKERD_BRIDGE=1 keeps Docker's default bridge (docker0, still without
+# NAT or iptables): Vagrant's docker provider connects its private networks to
+# a container that starts on it; run such a dockerd in a network namespace of
+# your own, where docker0 and its address stay.
 #
 # Installs docker.io / busybox-static with apt-get when their binaries are
 # missing, imports the busybox test image as netplugin-test/busybox:latest
@@ -164,6 +168,9 @@ fail_start() {
 	exit 1
 }
 
+bridge_none=1
+[ "${NP_DOCKERD_BRIDGE:-}" != 1 ] || bridge_none=
+
 start=$(date +%s%N)
 # setsid: own session, so neither Ctrl-C in this terminal nor its closing
 # reaches the daemons; they outlive this script by design.
@@ -183,7 +190,7 @@ setsid dockerd \
 	--exec-root "$DIR/exec" \
 	--pidfile "$DIR/docker.pid" \
 	-H "unix://$SOCK" \
-	--iptables=false --ip-masq=false --bridge=none \
+	--iptables=false --ip-masq=false ${bridge_none:+--bridge=none} \
 	--userland-proxy=false \
 	--cgroup-parent "$CGROUP" \
 	</dev/null >"$DIR/dockerd.log" 2>&1 &

@@ -62,15 +62,16 @@ stop_pid() {
 	die "$name (pid $pid) survives SIGKILL"
 }
 
-# wait_until SECONDS CMD...: poll CMD every 50 ms until it succeeds.
+# wait_until SECONDS CMD...: poll CMD every 50 ms until it succeeds, for at
+# most SECONDS of wall-clock time (a CMD that itself waits, such as etcdctl
+# with its timeouts, must not stretch the deadline).
 wait_until() {
-	local secs=$1 i
+	local end=$((SECONDS + $1))
 	shift
-	for ((i = 0; i < secs * 20; i++)); do
-		"$@" >/dev/null 2>&1 && return 0
+	until "$@" >/dev/null 2>&1; do
+		[ "$SECONDS" -lt "$end" ] || return 1
 		sleep 0.05
 	done
-	return 1
 }
 
 # log_tail FILE: the last lines of a log, for an error message.
