@@ -67,9 +67,13 @@ func (a *agentProc) stop() {
 func waitUp(ctx context.Context, cli *clientv3.Client, host, tenant string, want int, timeout time.Duration) (map[string]int, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	prefix := state.StatusPrefix + host + "/" + tenant + "/"
+	// Status keys are status/<tenant>/<endpoint>/<host>: the tenant's, filtered by host.
+	prefix := state.StatusPrefix + tenant + "/"
 	up := map[string]int{}
 	apply := func(key string, val []byte, del bool) {
+		if !strings.HasSuffix(key, "/"+host) {
+			return
+		}
 		if del {
 			delete(up, key)
 			return

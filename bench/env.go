@@ -8,11 +8,12 @@ import (
 	"time"
 
 	"github.com/netplugin/netplugin/state"
+	"github.com/netplugin/netplugin/state/etcdserver"
 )
 
 // etcdEnv is an embedded etcd in the benchmark process and a store on it.
 type etcdEnv struct {
-	etcd   *state.Embedded
+	etcd   *etcdserver.Server
 	store  *state.Store
 	url    string
 	listen string // for the agent's health endpoint
@@ -33,7 +34,7 @@ func (b *bench) startEtcd(ctx context.Context) (*etcdEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	e, err := state.StartEmbedded(ctx, state.EmbeddedConfig{DataDir: dir,
+	e, err := etcdserver.Start(ctx, etcdserver.Config{DataDir: dir,
 		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", freePort()), PeerURL: fmt.Sprintf("http://127.0.0.1:%d", freePort())})
 	if err != nil {
 		os.RemoveAll(dir)

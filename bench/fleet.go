@@ -242,7 +242,7 @@ func (f *fleetEnv) converge(ctx context.Context, reps int) ([]Result, error) {
 		subnet := fmt.Sprintf("10.120.%d", r)
 		keys := map[string]bool{}
 		for i := 1; i <= f.n; i++ {
-			keys[state.StatusPrefix+fmt.Sprintf("h%d/%s/%s-%d", i, tenant, name, i)] = true
+			keys[state.StatusKey(tenant, fmt.Sprintf("%s-%d", name, i), fmt.Sprintf("h%d", i))] = true
 		}
 		head, err := f.store.Client().Get(ctx, state.StatusPrefix, clientv3.WithCountOnly())
 		if err != nil {

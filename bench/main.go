@@ -40,7 +40,9 @@ func main() {
 	n := flag.Int("n", 500, "endpoints per benchmark")
 	np := flag.String("netplugin", "bin/netplugin", "netplugin binary")
 	out := flag.String("out", "bench/results.json", "results file")
-	only := flag.String("only", "", "comma-separated benchmark groups to run (linuxbridge, macvlan, ovs, docker, xhost, fleet); empty: all")
+	only := flag.String("only", "", "comma-separated benchmark groups to run (alloc, scale, linuxbridge, macvlan, ovs, docker, xhost, fleet, policy, policyapply, policyagents); empty: all")
+	allocN := flag.Int("alloc-n", 10000, "alloc: endpoints created one by one (and a tenth of it per concurrent creator)")
+	sizes := flag.String("scale-sizes", "100,300,1000", "scale: numbers of agents to run, one run each")
 	flag.Parse()
 	log := logrus.NewEntry(logrus.New())
 	if os.Geteuid() != 0 {
@@ -48,14 +50,27 @@ func main() {
 		os.Exit(1)
 	}
 	ctx := context.Background()
-	b := &bench{n: *n, netplugin: *np, log: log, prefix: fmt.Sprintf("npb%d", os.Getpid()%100000)}
+	b := &bench{n: *n, allocN: *allocN, netplugin: *np, log: log, prefix: fmt.Sprintf("npb%d", os.Getpid()%100000)}
+	for _, f := range strings.Split(*sizes, ",") {
+		var v int
+		if _, err := fmt.Sscan(strings.TrimSpace(f), &v); err != nil || v < 5 {
+			fmt.Fprintf(os.Stderr, "bench: -scale-sizes %q: want numbers of agents of at least 5\n", *sizes)
+			os.Exit(1)
+		}
+		b.scaleSizes = append(b.scaleSizes, v)
+	}
 	groups := map[string]func(context.Context) ([]Result, error){
-		"linuxbridge": b.linuxbridge,
-		"docker":      b.dockerRun,
-		"macvlan":     b.macvlan,
-		"ovs":         b.ovs,
-		"xhost":       b.xhost,
-		"fleet":       b.fleet,
+		"alloc":        b.alloc,
+		"scale":        b.scale,
+		"linuxbridge":  b.linuxbridge,
+		"docker":       b.dockerRun,
+		"macvlan":      b.macvlan,
+		"ovs":          b.ovs,
+		"xhost":        b.xhost,
+		"fleet":        b.fleet,
+		"policy":       b.policy,
+		"policyapply":  b.policyApply,
+		"policyagents": b.policyAgents,
 	}
 	var names []string
 	for g := range groups {
@@ -104,10 +119,12 @@ func printTable(r report) {
 func boolp(b bool) *bool { return &b }
 
 type bench struct {
-	n         int
-	netplugin string
-	log       *logrus.Entry
-	prefix    string
+	n          int
+	allocN     int
+	scaleSizes []int
+	netplugin  string
+	log        *logrus.Entry
+	prefix     string
 }
 
 // makeNamespaces creates count named namespaces in parallel and returns their names.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/netplugin/netplugin/internal/iperf"
 	"github.com/netplugin/netplugin/internal/nl"
 )
 
@@ -217,44 +217,6 @@ func startOVSIn(ns string) (*ovsEnv, error) {
 	return o, nil
 }
 
-// iperf runs one TCP test of secs seconds from namespace from to ip, served
-// from namespace to, and returns the received rate in Gbit/s.
-func iperf(from, to, ip string, secs int) (float64, error) {
-	srv := exec.Command("ip", "netns", "exec", to, "iperf3", "-s", "-1", "-B", ip)
-	if err := srv.Start(); err != nil {
-		return 0, err
-	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	type result struct {
-		Error string `json:"error"`
-		End   struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	var r result
-	var out []byte
-	var err error
-	// Until the server listens: iperf3 -J reports a refused connection in
-	// its JSON (exit status 0 in Debian's 3.12).
-	for i := 0; i < 50; i++ {
-		r = result{}
-		out, err = exec.Command("ip", "netns", "exec", from, "iperf3", "-c", ip, "-t", fmt.Sprint(secs), "-J").Output()
-		if err == nil {
-			err = json.Unmarshal(out, &r)
-		}
-		if err == nil && r.Error == "" && r.End.SumReceived.BitsPerSecond > 0 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil || r.Error != "" || r.End.SumReceived.BitsPerSecond == 0 {
-		return 0, fmt.Errorf("iperf3 %s -> %s: %v %s: %.300s", from, ip, err, r.Error, out)
-	}
-	return r.End.SumReceived.BitsPerSecond / 1e9, nil
-}
-
 // xhost measures TCP throughput between containers on two hosts over a
 // linuxbridge VXLAN network and over an OVS VXLAN network, against TCP between
 // the two hosts' own ends of the same underlay (a plain veth pair into one
@@ -313,11 +275,11 @@ func (b *bench) xhost(ctx context.Context) ([]Result, error) {
 	for r := 0; r < rounds; r++ {
 		for _, name := range []string{"veth", "linuxbridge", "ovs"} {
 			p := paths[name]
-			v, err := iperf(p.from, p.to, p.ip, secs)
+			v, err := iperf.Run(ctx, p.from, p.to, p.ip, iperf.Options{Seconds: secs})
 			if err != nil {
 				return nil, err
 			}
-			rates[name] = append(rates[name], v)
+			rates[name] = append(rates[name], v.BitsPerSecond/1e9)
 		}
 	}
 	median := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }

@@ -114,6 +114,10 @@ type Endpoint struct {
 	// DockerEndpoint is the Docker endpoint ID of endpoints made through the
 	// Docker plugin; their lifetime is Docker's to decide.
 	DockerEndpoint string `json:"dockerEndpoint,omitempty"`
+	// Group is the endpoint group (in the endpoint's tenant and network)
+	// whose policies and profile apply to it; "" for none. Not part of the
+	// fingerprint: changing it re-programs policy, never the link.
+	Group string `json:"group,omitempty"`
 }
 
 // NetworkKey is the key of the endpoint's network.

@@ -34,6 +34,7 @@ func (c *cluster) removeTenant(t testing.TB, h, tenant string) {
 			t.Errorf("cleanup of tenant %s: delete endpoints: %v %s", tenant, err, out)
 		}
 	}
+	c.removePolicies(t, h, tenant)
 	var nets []core.Network
 	out, err = c.tryExec(h, "netdcli", "-oper", "get", "-construct", "network", "-tenant", tenant, "-json")
 	if err != nil || json.Unmarshal([]byte(out), &nets) != nil {

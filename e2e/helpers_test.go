@@ -135,7 +135,9 @@ type pinger struct {
 func startPing(t testing.TB, from, to *ep, interval time.Duration, count int) *pinger {
 	t.Helper()
 	p := &pinger{what: fmt.Sprintf("%s@%s -> %s@%s", from.name, from.host, to.name, to.host)}
-	p.cmd = exec.Command("ip", "netns", "exec", from.ns, "ping", "-n", "-q", "-c", strconv.Itoa(count),
+	// Every reply is printed with its time (-D), so that a loss can be told
+	// apart from a late reply and placed among the test's events.
+	p.cmd = exec.Command("ip", "netns", "exec", from.ns, "ping", "-n", "-D", "-c", strconv.Itoa(count),
 		"-i", fmt.Sprintf("%.3f", interval.Seconds()), "-W", "1", to.ip)
 	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	if err := p.cmd.Start(); err != nil {
@@ -171,8 +173,52 @@ func (p *pinger) noLoss(t testing.TB) {
 	sent, received := p.wait(t)
 	t.Logf("ping %s: %d sent, %d received", p.what, sent, received)
 	if sent == 0 || received != sent {
-		t.Fatalf("ping %s lost %d of %d echoes:\n%s", p.what, sent-received, sent, p.out.String())
+		t.Fatalf("ping %s lost %d of %d echoes: %s", p.what, sent-received, sent, p.losses(sent))
 	}
+}
+
+var pingReply = regexp.MustCompile(`(?m)^\[(\d+)\.(\d+)\] .*icmp_seq=(\d+) .*time=([\d.]+) ms`)
+
+// losses names the echoes of 1..sent that got no reply, each with the time
+// of the last reply before it and that reply's round trip, and the slowest
+// reply: a starved machine shows as slow replies around the gap, a
+// dataplane that dropped as a gap among fast ones.
+func (p *pinger) losses(sent int) string {
+	type reply struct {
+		at  time.Time
+		rtt string
+	}
+	got := map[int]reply{}
+	slowest, slowSeq := 0.0, 0
+	for _, m := range pingReply.FindAllStringSubmatch(p.out.String(), -1) {
+		sec, _ := strconv.ParseInt(m[1], 10, 64)
+		usec, _ := strconv.ParseInt((m[2] + "000000")[:6], 10, 64)
+		seq, _ := strconv.Atoi(m[3])
+		got[seq] = reply{time.Unix(sec, usec*1000).UTC(), m[4]}
+		if rtt, _ := strconv.ParseFloat(m[4], 64); rtt > slowest {
+			slowest, slowSeq = rtt, seq
+		}
+	}
+	var b strings.Builder
+	shown := 0
+	for seq := 1; seq <= sent; seq++ {
+		if _, ok := got[seq]; ok {
+			continue
+		}
+		if shown++; shown > 10 {
+			b.WriteString(" …")
+			break
+		}
+		fmt.Fprintf(&b, "seq %d (", seq)
+		if prev, ok := got[seq-1]; ok {
+			fmt.Fprintf(&b, "after a reply at %s in %s ms", prev.at.Format("15:04:05.000"), prev.rtt)
+		} else {
+			b.WriteString("after another loss")
+		}
+		b.WriteString("); ")
+	}
+	fmt.Fprintf(&b, "slowest reply seq %d in %.1f ms", slowSeq, slowest)
+	return b.String()
 }
 
 // links lists the links of host h's namespace as "name ifindex", sorted: two

@@ -23,16 +23,31 @@ func (c *cluster) vxlanNet(t *testing.T, p string, n int, cleanup bool) []*ep {
 	} else {
 		c.netdcli(t, "h1", "-oper", "create", "-construct", "tenant", tenant)
 	}
-	c.netdcli(t, "h1", "-oper", "create", "-construct", "network", "-tenant", tenant, "-driver", "ovs", "-tag-type", "vxlan",
-		"-subnet", fmt.Sprintf("10.%d.0.0/24", n), "net")
-	var eps []*ep
-	for i, h := range c.hosts() {
-		e := &ep{tenant: tenant, net: "net", name: fmt.Sprintf("e%d", i+1), host: h, ip: fmt.Sprintf("10.%d.0.%d", n, i+1)}
-		c.addEP(t, p, e)
-		eps = append(eps, e)
-	}
+	eps := c.vxlanEPs(t, tenant, "ovs", "net", "e", n)
 	c.waitUp(t, 60*time.Second, eps...)
 	meshReachable(t, eps)
+	return eps
+}
+
+// linuxbridgeVXLAN creates, in tenant p, a linuxbridge VXLAN network "lb" on
+// 10.<n>.0.0/24 with one endpoint per host (l1, l2, …), not yet waited for.
+func (c *cluster) linuxbridgeVXLAN(t *testing.T, p string, n int) []*ep {
+	t.Helper()
+	return c.vxlanEPs(t, p, "linuxbridge", "lb", "l", n)
+}
+
+// vxlanEPs creates tenant's VXLAN network name of driver on 10.<n>.0.0/24
+// and one endpoint per host, <prefix>1 = 10.<n>.0.1 on h1, …, not waited for.
+func (c *cluster) vxlanEPs(t *testing.T, tenant, driver, name, prefix string, n int) []*ep {
+	t.Helper()
+	c.netdcli(t, "h1", "-oper", "create", "-construct", "network", "-tenant", tenant, "-driver", driver, "-tag-type", "vxlan",
+		"-subnet", fmt.Sprintf("10.%d.0.0/24", n), name)
+	var eps []*ep
+	for i, h := range c.hosts() {
+		e := &ep{tenant: tenant, net: name, name: fmt.Sprintf("%s%d", prefix, i+1), host: h, ip: fmt.Sprintf("10.%d.0.%d", n, i+1)}
+		c.addEP(t, tenant, e)
+		eps = append(eps, e)
+	}
 	return eps
 }
 
@@ -226,14 +241,18 @@ func TestAllEtcdMembersDown(t *testing.T) {
 		links[h], ports[h] = c.links(t, h), c.ovsPorts(t, h, false)
 	}
 	const outage = 30 * time.Second
+	// The echoes cross between h1 and h3; the endpoint written just before the
+	// outage goes to h2. A port added on a host can cost that host's tunnel
+	// traffic an echo, etcd or not (OVS's userspace datapath; the README's
+	// OVS notes), which is not what this test measures.
 	pings := []*pinger{
-		startPing(t, eps[0], eps[1], 20*time.Millisecond, 2600), // ~52 s: the outage and what follows
+		startPing(t, eps[0], eps[2], 20*time.Millisecond, 2600), // ~52 s: the outage and what follows
 		startPing(t, eps[2], eps[0], 20*time.Millisecond, 2600),
 	}
 	time.Sleep(time.Second)
 
 	// Intent written just before the outage.
-	late := &ep{tenant: p, net: "net", name: "late", host: "h3", ip: "10.66.0.9"}
+	late := &ep{tenant: p, net: "net", name: "late", host: "h2", ip: "10.66.0.9"}
 	c.addEP(t, p, late)
 	c.onEveryHost(t, func(h string) []string { return []string{"stop", h, "etcd"} })
 	down := time.Now()
@@ -277,12 +296,12 @@ func TestAllEtcdMembersDown(t *testing.T) {
 	if ips := c.allocatedIPs(t, "h2", p, "net"); len(ips) != 4 {
 		t.Fatalf("allocated %v, want 4 addresses", ips)
 	}
-	for _, h := range []string{"h1", "h2"} {
+	for _, h := range []string{"h1", "h3"} {
 		sameList(t, h+"'s links", links[h], c.links(t, h))
 		sameList(t, h+"'s OVS ports", ports[h], c.ovsPorts(t, h, false))
 	}
-	if got := c.links(t, "h3"); len(got) != len(links["h3"])+1 {
-		t.Fatalf("h3 has %d links, had %d before one endpoint was added:\n%s", len(got), len(links["h3"]), strings.Join(got, "\n"))
+	if got := c.links(t, "h2"); len(got) != len(links["h2"])+1 {
+		t.Fatalf("h2 has %d links, had %d before one endpoint was added:\n%s", len(got), len(links["h2"]), strings.Join(got, "\n"))
 	}
 }
 
@@ -342,14 +361,7 @@ func TestHostRemovedForGood(t *testing.T) {
 	c := newCluster(t, 3, fmt.Sprintf("NP_LEASE_TTL=%d", int(lease.Seconds())), fmt.Sprintf("NP_HOST_GRACE=%ds", int(grace.Seconds())))
 	p := nstest.Prefix()
 	eps := c.vxlanNet(t, p, 68, false)
-	c.netdcli(t, "h1", "-oper", "create", "-construct", "network", "-tenant", p, "-driver", "linuxbridge", "-tag-type", "vxlan",
-		"-subnet", "10.69.0.0/24", "lb")
-	var lb []*ep
-	for i, h := range c.hosts() {
-		e := &ep{tenant: p, net: "lb", name: fmt.Sprintf("l%d", i+1), host: h, ip: fmt.Sprintf("10.69.0.%d", i+1)}
-		c.addEP(t, p, e)
-		lb = append(lb, e)
-	}
+	lb := c.linuxbridgeVXLAN(t, p, 69)
 	c.waitUp(t, 60*time.Second, lb...)
 	meshReachable(t, lb)
 	allocBefore := len(c.allocatedIPs(t, "h1", p, "net")) + len(c.allocatedIPs(t, "h1", p, "lb"))
@@ -412,14 +424,7 @@ func TestRollingRestartIsInvisible(t *testing.T) {
 	c := sharedCluster(t)
 	p := nstest.Prefix()
 	ovs := c.vxlanNet(t, p, 67, true)
-	c.netdcli(t, "h1", "-oper", "create", "-construct", "network", "-tenant", p, "-driver", "linuxbridge", "-tag-type", "vxlan",
-		"-subnet", "10.70.0.0/24", "lb")
-	var lb []*ep
-	for i, h := range c.hosts() {
-		e := &ep{tenant: p, net: "lb", name: fmt.Sprintf("l%d", i+1), host: h, ip: fmt.Sprintf("10.70.0.%d", i+1)}
-		c.addEP(t, p, e)
-		lb = append(lb, e)
-	}
+	lb := c.linuxbridgeVXLAN(t, p, 70)
 	idx := c.waitUp(t, 60*time.Second, append(ovs, lb...)...)
 	meshReachable(t, lb)
 	links, ports, tunnels := map[string][]string{}, map[string][]string{}, map[string][]string{}

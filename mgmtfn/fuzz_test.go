@@ -71,16 +71,16 @@ func newFuzzEnv(f *testing.F) *fuzzEnv {
 	h := newHarness(f)
 	h.p.cfg.Timeout = 2 * time.Second // a RequestPool waiting on a pending one gives up in 1 s
 	ctx := context.Background()
-	n, err := h.store.BindDockerNetwork(ctx, state.DockerNetwork{Host: testHost, ID: fuzzNet, PoolID: fuzzPool},
+	n, err := h.store.Docker().Bind(ctx, state.DockerNetwork{Host: testHost, ID: fuzzNet, PoolID: fuzzPool},
 		core.Network{Tenant: fuzzTenant, Subnet: "10.150.0.0/24", Gateway: "10.150.0.1"})
 	if err != nil {
 		f.Fatal(err)
 	}
-	ip, owner, err := h.store.ReserveIP(ctx, n.Tenant, n.Name, "", 0, 0, testHost)
+	ip, owner, err := h.store.Docker().ReserveIP(ctx, n.Tenant, n.Name, "", 0, 0, testHost)
 	if err != nil {
 		f.Fatal(err)
 	}
-	ep, err := h.store.CreateEndpointReserved(ctx, core.Endpoint{Tenant: n.Tenant, Network: n.Name, Name: fuzzEP[:12], IP: ip,
+	ep, err := h.store.Docker().CreateEndpoint(ctx, core.Endpoint{Tenant: n.Tenant, Network: n.Name, Name: fuzzEP[:12], IP: ip,
 		Host: testHost, DockerEndpoint: fuzzEP}, owner)
 	if err != nil {
 		f.Fatal(err)
@@ -89,7 +89,7 @@ func newFuzzEnv(f *testing.F) *fuzzEnv {
 	if err != nil {
 		f.Fatal(err)
 	}
-	if _, err := h.store.AttachNetNS(ctx, ep, rev, "/var/run/docker/netns/fuzz"); err != nil {
+	if _, err := h.store.Docker().AttachNetNS(ctx, ep, rev, "/var/run/docker/netns/fuzz"); err != nil {
 		f.Fatal(err)
 	}
 	r, err := h.store.Client().Get(ctx, state.Prefix, clientv3.WithPrefix())

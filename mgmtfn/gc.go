@@ -33,7 +33,7 @@ func (p *Plugin) background(ctx context.Context) {
 	tick := time.NewTicker(p.cfg.GCPeriod)
 	defer tick.Stop()
 	// Networks mapped by a version without the per-network index get it now.
-	for err := p.cfg.Store.IndexDockerNetworks(ctx, p.cfg.Host); err != nil; err = p.cfg.Store.IndexDockerNetworks(ctx, p.cfg.Host) {
+	for err := p.dk.IndexNetworks(ctx, p.cfg.Host); err != nil; err = p.dk.IndexNetworks(ctx, p.cfg.Host) {
 		if ctx.Err() != nil {
 			return
 		}
@@ -75,7 +75,7 @@ func (p *Plugin) sweep(ctx context.Context, full bool) int {
 	if err := p.cfg.Docker.Ping(ctx); err != nil {
 		return 0 // Docker down or restarting: judge nothing now
 	}
-	dns, err := p.cfg.Store.DockerNetworks(ctx, p.cfg.Host)
+	dns, err := p.dk.Networks(ctx, p.cfg.Host)
 	if err != nil {
 		p.log.WithError(err).Warn("docker sweep: list networks")
 		return 0
@@ -99,7 +99,7 @@ func (p *Plugin) sweep(ctx context.Context, full bool) int {
 		if errors.Is(err, docker.ErrNotFound) {
 			if time.Since(dn.Created) > 30*time.Second {
 				log.Info("Docker network is gone; forgetting it")
-				if err := p.cfg.Store.UnbindDockerNetwork(ctx, p.cfg.Host, dn.ID); err != nil {
+				if err := p.dk.Unbind(ctx, p.cfg.Host, dn.ID); err != nil {
 					log.WithError(err).Warn("forget Docker network")
 				}
 			} else if state.IsProvisional(dn.Network) {
@@ -140,43 +140,37 @@ var errHandOffInFlight = errors.New("a link handed to Docker is not in its sandb
 // waits until no such link is left, and runs while no Join or sync does.
 func (p *Plugin) rename(ctx context.Context, dn state.DockerNetwork, name string) error {
 	return p.cfg.Agent.Exclusive(ctx, func(ctx context.Context) (int64, error) {
-		eps, err := p.cfg.Store.Endpoints(ctx, dn.Tenant, dn.Network)
+		eps, err := p.cfg.Store.HostEndpoints(ctx, p.cfg.Host)
 		if err != nil {
 			return 0, err
 		}
 		for _, ep := range eps {
-			if ep.Host != p.cfg.Host || ep.NetNS == "" {
+			if ep.NetworkKey() != dn.Tenant+"/"+dn.Network || ep.NetNS == "" {
 				continue
 			}
 			if _, err := netlink.LinkByName(core.HandOffIfName(ep.Key())); err == nil {
 				return 0, errHandOffInFlight
 			}
 		}
-		return 0, p.cfg.Store.RenameNetwork(ctx, dn.Tenant, dn.Network, name)
+		return 0, p.dk.Rename(ctx, dn.Tenant, dn.Network, name)
 	})
 }
 
-// dockerEndpoints lists this host's Docker endpoints on its Docker networks.
+// dockerEndpoints lists this host's Docker endpoints on its Docker networks,
+// from the host's own index.
 func (p *Plugin) dockerEndpoints(ctx context.Context, dns []state.DockerNetwork) ([]core.Endpoint, error) {
 	mine := map[string]bool{}
-	tenants := map[string]bool{}
 	for _, dn := range dns {
 		mine[dn.Tenant+"/"+dn.Network] = true
-		tenants[dn.Tenant] = true
+	}
+	eps, err := p.cfg.Store.HostEndpoints(ctx, p.cfg.Host)
+	if err != nil {
+		return nil, err
 	}
 	var out []core.Endpoint
-	for t := range tenants {
-		eps, err := p.cfg.Store.Endpoints(ctx, t, "")
-		if errors.Is(err, core.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		for _, ep := range eps {
-			if ep.DockerEndpoint != "" && ep.Host == p.cfg.Host && mine[ep.NetworkKey()] {
-				out = append(out, ep)
-			}
+	for _, ep := range eps {
+		if ep.DockerEndpoint != "" && ep.Host == p.cfg.Host && mine[ep.NetworkKey()] {
+			out = append(out, ep)
 		}
 	}
 	return out, nil
@@ -226,16 +220,17 @@ func (p *Plugin) collect(ctx context.Context, dns []state.DockerNetwork, eps []c
 		}
 	}
 	p.mu.Unlock()
-	for _, dn := range dns {
-		res, err := p.cfg.Store.Reservations(ctx, dn.Tenant, dn.Network, p.cfg.Host)
-		if err != nil {
-			continue
-		}
-		for _, r := range res {
-			if time.Since(r.Since) > p.reservationTTL() {
-				p.log.WithFields(logrus.Fields{"net": r.Tenant + "/" + r.Network, "ip": r.IP, "held": r.Held}).Info("Docker never took or released this address; freeing it")
-				_ = p.cfg.Store.DropReservation(ctx, r)
-			}
+	// This host's reservations come from its own index: the sweep reads
+	// nothing of the other hosts.
+	res, err := p.dk.HostReservations(ctx, p.cfg.Host)
+	if err != nil {
+		p.log.WithError(err).Warn("docker sweep: list reservations")
+		return
+	}
+	for _, r := range res {
+		if time.Since(r.Since) > p.reservationTTL() {
+			p.log.WithFields(logrus.Fields{"net": r.Tenant + "/" + r.Network, "ip": r.IP, "held": r.Held}).Info("Docker never took or released this address; freeing it")
+			_ = p.dk.DropReservation(ctx, r)
 		}
 	}
 }

@@ -198,7 +198,7 @@ func TestPoolsBindToTheirNetworks(t *testing.T) {
 func TestLegacyPoolID(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	n, err := h.store.BindDockerNetwork(ctx, state.DockerNetwork{Host: testHost, ID: dockerID('c')},
+	n, err := h.store.Docker().Bind(ctx, state.DockerNetwork{Host: testHost, ID: dockerID('c')},
 		core.Network{Tenant: "old", Subnet: "10.147.0.0/24", Gateway: "10.147.0.1"})
 	if err != nil {
 		t.Fatal(err)

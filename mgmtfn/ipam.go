@@ -232,7 +232,7 @@ func (p *Plugin) poolNetwork(ctx context.Context, id poolID) (state.DockerNetwor
 	for attempt := 0; attempt < 3; attempt++ {
 		var dn state.DockerNetwork
 		var n core.Network
-		if dn, n, err = p.cfg.Store.DockerNetworkOfPool(ctx, p.cfg.Host, id.String(), legacy); !errors.Is(err, core.ErrNotFound) {
+		if dn, n, err = p.dk.NetworkOfPool(ctx, p.cfg.Host, id.String(), legacy); !errors.Is(err, core.ErrNotFound) {
 			return dn, n, err
 		}
 	}
@@ -297,7 +297,7 @@ func (p *Plugin) requestAddress(ctx context.Context, req *ipam.RequestAddressReq
 		if err != nil {
 			return nil, err
 		}
-		ip, _, err := p.cfg.Store.ReserveIP(ctx, n.Tenant, n.Name, req.Address, lo, hi, p.cfg.Host)
+		ip, _, err := p.dk.ReserveIP(ctx, n.Tenant, n.Name, req.Address, lo, hi, p.cfg.Host)
 		if errors.Is(err, core.ErrNotFound) && attempt < 2 {
 			continue // renamed between the two reads
 		}
@@ -328,7 +328,7 @@ func (p *Plugin) releaseAddress(ctx context.Context, req *ipam.ReleaseAddressReq
 	if addr == n.Gateway {
 		return nil, nil
 	}
-	owner, err := p.cfg.Store.ReleaseDockerIP(ctx, n.Tenant, n.Name, addr, p.cfg.Host)
+	owner, err := p.dk.ReleaseIP(ctx, n.Tenant, n.Name, addr, p.cfg.Host)
 	if err != nil || owner == "" || state.IsAux(owner) {
 		return nil, err
 	}

@@ -24,6 +24,9 @@ const (
 	optTag     = "tag"
 	optTagType = "tag-type"
 	optDriver  = "driver"
+	// optGroup puts every endpoint of the Docker network in a group (of the
+	// network's tenant); `--driver-opt group=` on connect picks one per endpoint.
+	optGroup = "group"
 )
 
 // driverOptions are the -o keys passed to the network's driver as its options.
@@ -86,9 +89,10 @@ func parseOptions(opts map[string]any) (core.Network, error) {
 			n.Encap = v
 		case optDriver:
 			n.Driver = v
+		case optGroup: // see groupOption
 		default:
 			if !contains(driverOptions(), k) {
-				return n, fmt.Errorf("%w: unknown option -o %s (valid: tenant, network, tag, tag-type, driver, %s)", core.ErrInvalid, k, strings.Join(driverOptions(), ", "))
+				return n, fmt.Errorf("%w: unknown option -o %s (valid: tenant, network, tag, tag-type, driver, group, %s)", core.ErrInvalid, k, strings.Join(driverOptions(), ", "))
 			}
 			if n.Options == nil {
 				n.Options = map[string]string{}
@@ -97,6 +101,18 @@ func parseOptions(opts map[string]any) (core.Network, error) {
 		}
 	}
 	return n, nil
+}
+
+// groupOption is the -o group= of a CreateNetwork (generic options) or the
+// --driver-opt group= of a CreateEndpoint (top-level options); "" for none.
+func groupOption(opts map[string]any, generic bool) string {
+	if generic {
+		opts, _ = opts["com.docker.network.generic"].(map[string]any)
+	}
+	if v, ok := opts[optGroup]; ok {
+		return fmt.Sprint(v)
+	}
+	return ""
 }
 
 func contains(list []string, s string) bool {
@@ -136,6 +152,19 @@ func (p *Plugin) createNetwork(ctx context.Context, req *network.CreateNetworkRe
 	}
 	want.Subnet = sn.String()
 	want.Gateway = plainIP(req.IPv4Data[0].Gateway)
+	group := groupOption(req.Options, true)
+	if group != "" {
+		// The group names its network: -o network= may be left out.
+		g, _, err := p.cfg.Store.GetGroup(ctx, want.Tenant, group)
+		if err != nil {
+			return nil, fmt.Errorf("-o group=%s: %w", group, err)
+		}
+		if want.Name == "" {
+			want.Name = g.Network
+		} else if want.Name != g.Network {
+			return nil, fmt.Errorf("%w: -o group=%s is a group of network %s, not %s", core.ErrInvalid, group, g.Network, want.Name)
+		}
+	}
 	if want.Driver == "" {
 		g, _, err := p.cfg.Store.Global(ctx)
 		if err != nil {
@@ -148,7 +177,7 @@ func (p *Plugin) createNetwork(ctx context.Context, req *network.CreateNetworkRe
 		return nil, fmt.Errorf("%w: driver %q cannot serve Docker networks on host %s (have: %s)", core.ErrInvalid, want.Driver, p.cfg.Host, p.handOffDrivers())
 	}
 	dn := state.DockerNetwork{Host: p.cfg.Host, ID: req.NetworkID, Created: time.Now().UTC(),
-		ForeignIPAM: req.IPv4Data[0].AddressSpace != addressSpace}
+		ForeignIPAM: req.IPv4Data[0].AddressSpace != addressSpace, Group: group}
 	for _, a := range req.IPv4Data[0].AuxAddresses {
 		dn.Aux = append(dn.Aux, plainIP(fmt.Sprint(a)))
 	}
@@ -157,7 +186,7 @@ func (p *Plugin) createNetwork(ctx context.Context, req *network.CreateNetworkRe
 	pool, pending := p.pendingPoolOf(want.Subnet)
 	if !dn.ForeignIPAM {
 		if !pending {
-			if _, err := p.cfg.Store.DockerNetwork(ctx, p.cfg.Host, req.NetworkID); err != nil {
+			if _, err := p.dk.Network(ctx, p.cfg.Host, req.NetworkID); err != nil {
 				return nil, fmt.Errorf("%w: no IPAM pool of subnet %s is pending on %s (netplugin restarted during docker network create?); try again", core.ErrNotFound, want.Subnet, p.cfg.Host)
 			}
 		}
@@ -165,7 +194,7 @@ func (p *Plugin) createNetwork(ctx context.Context, req *network.CreateNetworkRe
 			dn.PoolID = pool.String()
 		}
 	}
-	n, err := p.cfg.Store.BindDockerNetwork(ctx, dn, want)
+	n, err := p.dk.Bind(ctx, dn, want)
 	if err != nil {
 		return nil, err // Docker releases the pool (ReleasePool), which frees its subnet
 	}
@@ -192,7 +221,7 @@ func (p *Plugin) deleteNetwork(ctx context.Context, req *network.DeleteNetworkRe
 	if err := validID("network", req.NetworkID); err != nil {
 		return nil, err
 	}
-	return nil, p.cfg.Store.UnbindDockerNetwork(ctx, p.cfg.Host, req.NetworkID)
+	return nil, p.dk.Unbind(ctx, p.cfg.Host, req.NetworkID)
 }
 
 func validIDs(networkID, endpointID string) error {
@@ -213,7 +242,7 @@ func (p *Plugin) logical(ctx context.Context, dockerNet string) (core.Network, e
 
 // mapping returns a Docker network's record and the network it stands for.
 func (p *Plugin) mapping(ctx context.Context, dockerNet string) (state.DockerNetwork, core.Network, error) {
-	dn, err := p.cfg.Store.DockerNetwork(ctx, p.cfg.Host, dockerNet)
+	dn, err := p.dk.Network(ctx, p.cfg.Host, dockerNet)
 	if err != nil {
 		return dn, core.Network{}, err
 	}
@@ -236,12 +265,12 @@ func (p *Plugin) createEndpoint(ctx context.Context, req *network.CreateEndpoint
 // renamed reports whether a Docker network's network is no longer n: renamed
 // between our reads, so a failed call is worth one more try.
 func (p *Plugin) renamed(ctx context.Context, dockerNet string, n core.Network) bool {
-	dn, err := p.cfg.Store.DockerNetwork(ctx, p.cfg.Host, dockerNet)
+	dn, err := p.dk.Network(ctx, p.cfg.Host, dockerNet)
 	return err == nil && n.Name != "" && dn.Network != n.Name
 }
 
 func (p *Plugin) createEndpointOnce(ctx context.Context, req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, core.Network, error) {
-	n, err := p.logical(ctx, req.NetworkID)
+	dn, n, err := p.mapping(ctx, req.NetworkID)
 	if err != nil {
 		return nil, n, err
 	}
@@ -249,7 +278,10 @@ func (p *Plugin) createEndpointOnce(ctx context.Context, req *network.CreateEndp
 		return nil, n, fmt.Errorf("%w: endpoint %.12s has no IPv4 address", core.ErrInvalid, req.EndpointID)
 	}
 	ep := core.Endpoint{Tenant: n.Tenant, Network: n.Name, Name: endpointName(req.EndpointID), IP: plainIP(req.Interface.Address),
-		MAC: req.Interface.MacAddress, Host: p.cfg.Host, DockerEndpoint: req.EndpointID}
+		MAC: req.Interface.MacAddress, Host: p.cfg.Host, DockerEndpoint: req.EndpointID, Group: dn.Group}
+	if g := groupOption(req.Options, false); g != "" {
+		ep.Group = g // the store refuses a group that is not of this network
+	}
 	resp := &network.CreateEndpointResponse{Interface: &network.EndpointInterface{}}
 	ownMAC := hasOwnMAC(n)
 	// For hostnic --mac-address is how the seed plugin chose the NIC: the NIC
@@ -262,12 +294,12 @@ func (p *Plugin) createEndpointOnce(ctx context.Context, req *network.CreateEndp
 		ep.MAC = state.NewMAC()
 		resp.Interface.MacAddress = ep.MAC
 	}
-	owner, err := p.cfg.Store.IPOwner(ctx, n.Tenant, n.Name, ep.IP)
+	owner, err := p.dk.IPOwner(ctx, n.Tenant, n.Name, ep.IP)
 	if err != nil {
 		return nil, n, err
 	}
 	if state.IsPending(owner, p.cfg.Host) {
-		ep, err = p.cfg.Store.CreateEndpointReserved(ctx, ep, owner)
+		ep, err = p.dk.CreateEndpoint(ctx, ep, owner)
 	} else {
 		// Docker's own IPAM gave the address: take it like netdcli would.
 		ep, err = p.cfg.Store.CreateEndpoint(ctx, ep, 0)
@@ -379,7 +411,7 @@ func (p *Plugin) handOff(ctx context.Context, req *network.JoinRequest) (core.Ne
 	if err != nil {
 		return n, "", 0, err
 	}
-	rev, err := p.cfg.Store.AttachNetNS(ctx, ep, epRev, req.SandboxKey)
+	rev, err := p.dk.AttachNetNS(ctx, ep, epRev, req.SandboxKey)
 	if err != nil {
 		_ = p.cfg.Drivers[n.Driver].RemoveEndpoint(ctx, core.ObservedEndpoint{Key: ep.Key()})
 		return n, "", 0, err
@@ -409,7 +441,7 @@ func (p *Plugin) removeEndpoint(ctx context.Context, dn state.DockerNetwork, n c
 	key := n.Tenant + "/" + name
 	hold := !dn.ForeignIPAM && !p.releasedAlready(key)
 	return p.cfg.Agent.Exclusive(ctx, func(ctx context.Context) (int64, error) {
-		rev, err := p.cfg.Store.DeleteDockerEndpoint(ctx, n.Tenant, name, p.cfg.Host, hold)
+		rev, err := p.dk.DeleteEndpoint(ctx, n.Tenant, name, p.cfg.Host, hold)
 		if errors.Is(err, core.ErrNotFound) {
 			err = nil
 		}

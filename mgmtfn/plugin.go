@@ -55,6 +55,7 @@ type Config struct {
 // Plugin is the CNM network and IPAM driver.
 type Plugin struct {
 	cfg  Config
+	dk   *state.Docker
 	log  *logrus.Entry
 	base context.Context
 	// kick asks the background loop to run soon (a network was just created
@@ -78,7 +79,7 @@ func New(cfg Config) *Plugin {
 	if cfg.GCPeriod <= 0 {
 		cfg.GCPeriod = 10 * time.Second
 	}
-	return &Plugin{cfg: cfg, log: cfg.Log.WithField("plugin", cfg.Name), kick: make(chan struct{}, 1),
+	return &Plugin{cfg: cfg, dk: cfg.Store.Docker(), log: cfg.Log.WithField("plugin", cfg.Name), kick: make(chan struct{}, 1),
 		suspect: map[string]int{}, released: map[string]time.Time{}, pools: map[string]*pendingPool{}}
 }
 

@@ -34,12 +34,12 @@ func newApp(out io.Writer, in io.Reader) *cli.App {
 	return &cli.App{
 		Name:      "netdcli",
 		Usage:     "write and read netplugin's desired state",
-		UsageText: "netdcli -oper create|get|delete|attach|detach -construct global|tenant|network|endpoint [flags] NAME\n   netdcli -cfg FILE|- [-dry-run] [-prune docker] [-json]",
+		UsageText: "netdcli -oper create|get|delete|attach|detach -construct global|tenant|network|endpoint|policy|rule|netprofile|group [flags] NAME\n   netdcli -cfg FILE|- [-dry-run] [-prune docker] [-json]",
 		Writer:    out,
 		Reader:    in,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "oper", Usage: "create, get, delete, attach or detach"},
-			&cli.StringFlag{Name: "construct", Usage: "global, tenant, network or endpoint"},
+			&cli.StringFlag{Name: "construct", Usage: "global, tenant, network, endpoint, policy, rule, netprofile or group"},
 			&cli.StringFlag{Name: "tenant", Value: core.DefaultTenant},
 			&cli.StringFlag{Name: "net-id", Usage: "network of an endpoint"},
 			&cli.IntFlag{Name: "tag", Usage: "VLAN tag or VNI; 0 = allocate"},
@@ -70,7 +70,7 @@ func newApp(out io.Writer, in io.Reader) *cli.App {
 			&cli.BoolFlag{Name: "dry-run", Usage: "with -cfg: print what would change, change nothing"},
 			&cli.StringFlag{Name: "prune", Usage: "with -cfg: 'docker' also deletes networks and endpoints Docker created that the document does not name"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
-		},
+		}, policyFlags()...),
 		Action: func(c *cli.Context) error { return dispatch(c, out, in) },
 	}
 }
@@ -108,7 +108,7 @@ func dispatch(c *cli.Context, out io.Writer, in io.Reader) error {
 		}
 	}
 	if construct == "" {
-		return fmt.Errorf("-construct is required: global, tenant, network or endpoint")
+		return fmt.Errorf("-construct is required: global, tenant, network, endpoint, policy, rule, netprofile or group")
 	}
 	if construct != "global" && oper != "get" && cmd.name == "" {
 		return fmt.Errorf("-oper %s -construct %s needs a NAME", oper, construct)
@@ -121,6 +121,9 @@ func dispatch(c *cli.Context, out io.Writer, in io.Reader) error {
 		{"create", "endpoint"}: cmd.createEndpoint, {"get", "endpoint"}: cmd.getEndpoints, {"delete", "endpoint"}: cmd.deleteEndpoint,
 		{"attach", "endpoint"}: cmd.attach, {"detach", "endpoint"}: cmd.detach,
 		{"get", "host"}: cmd.getHosts, {"delete", "host"}: cmd.deleteHost,
+	}
+	for k, h := range cmd.policyHandlers() {
+		handlers[op{k[0], k[1]}] = h
 	}
 	h, ok := handlers[op{oper, construct}]
 	if !ok {
@@ -162,28 +165,9 @@ func (m *command) tenantOf(ctx context.Context, kind, name string) (string, erro
 	if m.c.IsSet("tenant") || name == "" {
 		return m.c.String("tenant"), nil
 	}
-	var found []string
-	switch kind {
-	case "network":
-		ns, err := m.s.Networks(ctx, "")
-		if err != nil {
-			return "", err
-		}
-		for _, n := range ns {
-			if n.Name == name {
-				found = append(found, n.Tenant)
-			}
-		}
-	default:
-		eps, err := m.s.Endpoints(ctx, "", "")
-		if err != nil {
-			return "", err
-		}
-		for _, e := range eps {
-			if e.Name == name {
-				found = append(found, e.Tenant)
-			}
-		}
+	found, err := m.s.TenantsWith(ctx, kind, name)
+	if err != nil {
+		return "", err
 	}
 	for _, t := range found {
 		if t == core.DefaultTenant {
@@ -295,21 +279,21 @@ func (m *command) deleteHost(ctx context.Context) error {
 }
 
 func (m *command) getHosts(ctx context.Context) error {
-	hs, err := m.s.Hosts(ctx)
-	if err != nil {
-		return err
-	}
+	var hs []core.HostInfo
 	if m.name != "" {
-		var found []core.HostInfo
-		for _, h := range hs {
-			if h.Name == m.name {
-				found = append(found, h)
-			}
+		h, ok, err := m.s.Host(ctx, m.name)
+		if err != nil {
+			return err
 		}
-		if len(found) == 0 {
+		if !ok {
 			return fmt.Errorf("%w: host %q is not registered", core.ErrNotFound, m.name)
 		}
-		hs = found
+		hs = []core.HostInfo{h}
+	} else {
+		var err error
+		if hs, err = m.s.Hosts(ctx); err != nil {
+			return err
+		}
 	}
 	if m.c.Bool("json") {
 		return m.printJSON(hs)
@@ -322,21 +306,16 @@ func (m *command) getHosts(ctx context.Context) error {
 }
 
 func (m *command) getTenants(ctx context.Context) error {
+	if m.name != "" {
+		ts, err := m.s.Tenant(ctx, m.name)
+		if err != nil {
+			return err
+		}
+		return m.printTenants(ts)
+	}
 	ts, err := m.s.Tenants(ctx)
 	if err != nil {
 		return err
-	}
-	if m.name != "" {
-		var found []core.Tenant
-		for _, t := range ts {
-			if t.Name == m.name {
-				found = append(found, t)
-			}
-		}
-		if len(found) == 0 && m.name != core.DefaultTenant {
-			return fmt.Errorf("%w: unknown tenant %q", core.ErrNotFound, m.name)
-		}
-		ts = found
 	}
 	return m.printTenants(ts)
 }
@@ -411,7 +390,7 @@ func (m *command) createEndpoint(ctx context.Context) error {
 		return err
 	}
 	ep := core.Endpoint{Tenant: tenant, Network: m.c.String("net-id"), Name: m.name, IP: ip,
-		MAC: m.c.String("mac"), Host: m.c.String("host"), NetNS: m.c.String("netns")}
+		MAC: m.c.String("mac"), Host: m.c.String("host"), NetNS: m.c.String("netns"), Group: m.c.String("group")}
 	if ref := m.c.String("container-id"); ref != "" {
 		id, err := m.containerCheck(ctx, ref, ep.Host)
 		if err != nil {

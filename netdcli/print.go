@@ -52,13 +52,13 @@ type networkView struct {
 }
 
 func (m *command) printNetworks(ctx context.Context, ns []core.Network) error {
-	eps, err := m.s.Endpoints(ctx, "", "")
+	keys := make([]string, len(ns))
+	for i, n := range ns {
+		keys[i] = n.Key()
+	}
+	count, err := m.s.EndpointCounts(ctx, keys...)
 	if err != nil {
 		return err
-	}
-	count := map[string]int{}
-	for _, e := range eps {
-		count[e.NetworkKey()]++
 	}
 	views := make([]networkView, len(ns))
 	for i, n := range ns {
@@ -88,17 +88,25 @@ type endpointView struct {
 }
 
 func (m *command) printEndpoints(ctx context.Context, eps []core.Endpoint) error {
-	all, err := m.s.Statuses(ctx)
+	keys := make([]string, len(eps))
+	for i, e := range eps {
+		keys[i] = e.Key()
+	}
+	all, err := m.s.StatusOf(ctx, keys...)
 	if err != nil {
 		return err
 	}
-	hosts, err := m.s.Hosts(ctx)
+	var names []string
+	seen := map[string]bool{}
+	for _, e := range eps {
+		if e.Host != "" && !seen[e.Host] {
+			seen[e.Host] = true
+			names = append(names, e.Host)
+		}
+	}
+	live, err := m.s.LiveHosts(ctx, names...)
 	if err != nil {
 		return err
-	}
-	live := map[string]bool{}
-	for _, h := range hosts {
-		live[h.Name] = true
 	}
 	views := make([]endpointView, len(eps))
 	for i, e := range eps {

@@ -86,6 +86,9 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 				"--", "add-port", "br-phy", "ul0", "--", "set", "Interface", "br-phy", fmt.Sprintf("mtu_request=%d", o.mtu))
 			nstest.Exec(t, h.name, "ip", "addr", "add", h.vtep+"/24", "dev", "br-phy")
 			nstest.Exec(t, h.name, "ip", "link", "set", "br-phy", "up")
+			// As scripts/provision/ovs.sh does: no ARP answer for br-phy's
+			// address from the kernel's side of the port OVS holds.
+			nstest.Exec(t, h.name, "sysctl", "-qw", "net.ipv4.conf.ul0.arp_ignore=1")
 			// The agent's own TCP to etcd also crosses br-phy, and the
 			// userspace datapath forwards partially checksummed packets as
 			// they are: the kernels must finish the checksums themselves.

@@ -32,6 +32,7 @@ import (
 	"github.com/netplugin/netplugin/mgmtfn"
 	"github.com/netplugin/netplugin/netplugin/agent"
 	"github.com/netplugin/netplugin/state"
+	"github.com/netplugin/netplugin/state/etcdserver"
 )
 
 func main() {
@@ -201,7 +202,7 @@ func stateDir(runDir, driver, host string) string {
 // client certificate it makes on first start under --data-dir/pki (root only),
 // and publishes under --run-dir which certificates open it, so that root's
 // netdcli on this host needs no flags.
-func startEmbedded(ctx context.Context, c *cli.Context, log *logrus.Entry) (*state.Embedded, state.TLSFiles, func(), error) {
+func startEmbedded(ctx context.Context, c *cli.Context, log *logrus.Entry) (*etcdserver.Server, state.TLSFiles, func(), error) {
 	var none state.TLSFiles
 	cu, err := url.Parse(c.String("etcd-client-url"))
 	if err != nil {
@@ -226,9 +227,9 @@ func startEmbedded(ctx context.Context, c *cli.Context, log *logrus.Entry) (*sta
 	if err != nil {
 		return nil, none, nil, fmt.Errorf("etcd logger: %w", err)
 	}
-	e, err := state.StartEmbedded(ctx, state.EmbeddedConfig{DataDir: dir, Logger: zl,
+	e, err := etcdserver.Start(ctx, etcdserver.Config{DataDir: dir, Logger: zl,
 		ClientURL: cu.String(), PeerURL: pu.String(),
-		TLS: &state.ServerTLS{CA: pk.CA, Cert: pk.ServerCert, Key: pk.Server}})
+		TLS: &etcdserver.ServerTLS{CA: pk.CA, Cert: pk.ServerCert, Key: pk.Server}})
 	if err != nil {
 		return nil, none, nil, err
 	}

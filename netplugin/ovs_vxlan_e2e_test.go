@@ -35,6 +35,9 @@ func newOVSHost(t *testing.T, sw string, i int, vtep string) *ovsHost {
 	nstest.Exec(t, sw, "ip", "link", "set", peer, "master", "br0", "up")
 	h.inst.Vsctl(t, "add-br", "br-phy", "--", "set", "Bridge", "br-phy", "datapath_type=netdev", "--", "add-port", "br-phy", "ul0")
 	nstest.Exec(t, ns, "ip", "link", "set", "ul0", "up")
+	// As scripts/provision/ovs.sh does: no ARP answer for br-phy's address
+	// from the kernel's side of the port OVS holds.
+	nstest.Exec(t, ns, "sysctl", "-qw", "net.ipv4.conf.ul0.arp_ignore=1")
 	nstest.Exec(t, ns, "ip", "addr", "add", vtep+"/24", "dev", "br-phy")
 	nstest.Exec(t, ns, "ip", "link", "set", "br-phy", "up")
 	return h

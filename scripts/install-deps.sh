@@ -21,6 +21,10 @@ want openssl openssl
 want nft nftables
 want iperf3 iperf3
 want nsenter util-linux
+want conntrack conntrack
+want ethtool ethtool
+want tcpdump tcpdump
+want tc iproute2
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0

@@ -23,6 +23,10 @@ type Document struct {
 type TenantDocument struct {
 	Name     string            `json:"name"`
 	Networks []NetworkDocument `json:"networks"`
+	// Policy objects (planpolicy.go).
+	Policies []PolicyDocument  `json:"policies,omitempty"`
+	Profiles []ProfileDocument `json:"netprofiles,omitempty"`
+	Groups   []GroupDocument   `json:"groups,omitempty"`
 }
 
 // NetworkDocument is one network and its endpoints; empty fields are allocated.
@@ -45,6 +49,7 @@ type EndpointDocument struct {
 	Host      string `json:"host,omitempty"`
 	Container string `json:"container,omitempty"`
 	NetNS     string `json:"netns,omitempty"`
+	Group     string `json:"group,omitempty"`
 }
 
 // ParseDocument reads a document, refusing unknown fields so that a misspelt key

@@ -37,11 +37,11 @@ func mustDo(t testing.TB, err error) {
 func dockerNetwork(t testing.TB, s *state.Store, id string, want core.Network, ep string) core.Network {
 	t.Helper()
 	ctx := context.Background()
-	n, err := s.BindDockerNetwork(ctx, state.DockerNetwork{Host: "h1", ID: id, Created: time.Now()}, want)
+	n, err := s.Docker().Bind(ctx, state.DockerNetwork{Host: "h1", ID: id, Created: time.Now()}, want)
 	mustDo(t, err)
-	ip, owner, err := s.ReserveIP(ctx, n.Tenant, n.Name, "", 0, 0, "h1")
+	ip, owner, err := s.Docker().ReserveIP(ctx, n.Tenant, n.Name, "", 0, 0, "h1")
 	mustDo(t, err)
-	_, err = s.CreateEndpointReserved(ctx, core.Endpoint{Tenant: n.Tenant, Network: n.Name, Name: ep, IP: ip, Host: "h1",
+	_, err = s.Docker().CreateEndpoint(ctx, core.Endpoint{Tenant: n.Tenant, Network: n.Name, Name: ep, IP: ip, Host: "h1",
 		DockerEndpoint: "dockerep-" + ep, NetNS: "/var/run/docker/netns/" + ep}, owner)
 	mustDo(t, err)
 	return n
@@ -134,6 +134,7 @@ func TestApplyKeepsWhatDockerMade(t *testing.T) {
 	if d := etcdtest.Dump(t, s); d != "" {
 		t.Fatalf("left behind after -prune docker:\n%s", d)
 	}
+	checkStore(t, s)
 }
 
 // TestApplyTwiceChangesNothing: the second apply of a document writes nothing,
@@ -273,6 +274,7 @@ func TestApplyMovesHostOnRoutedNetwork(t *testing.T) {
 	if got := allocIPs(t, s, "default", "r"); len(got) != 2 || got["10.8.0.9"] != "m" {
 		t.Fatalf("allocations after moving back %v", got)
 	}
+	checkStore(t, s)
 }
 
 // TestAutoSubnetPastABigNetwork: an automatic subnet is found in one step past

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -17,7 +16,7 @@ import (
 // routes to them follow the lease.
 const blockPrefix = allocPrefix + "block/"
 
-// BlockPrefix is watched by agents that install routes to other hosts' blocks.
+// BlockPrefix is where routed networks' blocks are, for tools and tests.
 const BlockPrefix = blockPrefix
 
 func blockKey(t, n, base string) string { return blockPrefix + t + "/" + n + "/" + base }
@@ -25,34 +24,15 @@ func blocksOf(t, n string) string       { return blockPrefix + t + "/" + n + "/"
 
 // HostBlock is one host's block of a routed network.
 type HostBlock struct {
-	Tenant, Network, Host string
-	Block                 *net.IPNet
+	Host  string
+	Block *net.IPNet
 }
 
-// DecodeBlocks decodes a snapshot of BlockPrefix.
-func DecodeBlocks(kvs map[string][]byte) []HostBlock {
-	var out []HostBlock
-	for k, v := range kvs {
-		parts := strings.Split(strings.TrimPrefix(k, blockPrefix), "/")
-		if len(parts) != 3 {
-			continue
-		}
-		// The block's length is not in the key: it is the network's, and the
-		// agent joins blocks with networks; keep the base as a /32 until then.
-		ip := net.ParseIP(parts[2]).To4()
-		if ip == nil {
-			continue
-		}
-		out = append(out, HostBlock{Tenant: parts[0], Network: parts[1], Host: string(v), Block: &net.IPNet{IP: ip, Mask: net.CIDRMask(32, 32)}})
-	}
-	return out
-}
-
-// blockOf returns host's block of a routed network. A host that has none yet
+// hostBlock returns host's block of a routed network. A host that has none yet
 // is given the lowest free one, not written: newKey is its key, which the
 // caller writes (value host, precondition free) in the transaction that uses
 // the block, so that a refused request allocates nothing.
-func (s *Store) blockOf(ctx context.Context, n core.Network, host string) (block *net.IPNet, newKey string, err error) {
+func (s *Store) hostBlock(ctx context.Context, n core.Network, host string) (block *net.IPNet, newKey string, err error) {
 	blen, _ := n.HostBlockLen()
 	if host == "" {
 		return nil, "", fmt.Errorf("%w: network %s routes per host: the endpoint needs -host", core.ErrInvalid, n.Key())

@@ -50,6 +50,16 @@ func (s *Store) ClusterID(ctx context.Context) (string, error) {
 	return rec.ID, nil
 }
 
+// ReadClusterID reads the store's ID as it is now (linearizable), creating
+// none: "" when the store has none.
+func (s *Store) ReadClusterID(ctx context.Context) (string, error) {
+	r, err := s.get(ctx, keyCluster)
+	if err != nil || len(r.Kvs) == 0 {
+		return "", err
+	}
+	return DecodeClusterID(r.Kvs[0].Value)
+}
+
 // DecodeClusterID reads the value of ClusterKey.
 func DecodeClusterID(v []byte) (string, error) {
 	var rec clusterRecord

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/netplugin/netplugin/core"
@@ -58,10 +59,21 @@ type DockerNetwork struct {
 	// ForeignIPAM: another IPAM driver (Docker's own) gives the addresses, so
 	// ours never sees their ReleaseAddress.
 	ForeignIPAM bool `json:"foreignIPAM,omitempty"`
+	// Group is the group (of the network's tenant) every endpoint of the
+	// Docker network joins unless its connect names another (-o group=).
+	Group string `json:"group,omitempty"`
 	// Created lets garbage collection tell a network Docker has not stored yet
 	// from one it deleted while netplugin was away.
 	Created time.Time `json:"created"`
 }
+
+// Docker is the store of the Docker plugin: the mapping of each host's Docker
+// networks to netplugin networks, and the IPAM reservations Docker's calls
+// make (dockeripam.go). It shares the Store's connection and fence.
+type Docker struct{ s *Store }
+
+// Docker returns the Docker plugin's store.
+func (s *Store) Docker() *Docker { return &Docker{s: s} }
 
 // ProvisionalName is the name of a network Docker created before its Docker name
 // is known (Docker never tells a driver the name); it is renamed right after.
@@ -70,9 +82,9 @@ func ProvisionalName(dockerID string) string { return "docker-" + dockerID[:min(
 // IsProvisional reports whether a network still has its provisional name.
 func IsProvisional(name string) bool { return strings.HasPrefix(name, "docker-") }
 
-// DockerNetwork returns the mapping of a Docker network on host.
-func (s *Store) DockerNetwork(ctx context.Context, host, id string) (DockerNetwork, error) {
-	r, err := s.get(ctx, dockerKey(host, id))
+// Network returns the mapping of a Docker network on host.
+func (d *Docker) Network(ctx context.Context, host, id string) (DockerNetwork, error) {
+	r, err := d.s.get(ctx, dockerKey(host, id))
 	if err != nil {
 		return DockerNetwork{}, err
 	}
@@ -86,19 +98,20 @@ func (s *Store) DockerNetwork(ctx context.Context, host, id string) (DockerNetwo
 	return dn, nil
 }
 
-// DockerNetworks lists the Docker networks of host.
-func (s *Store) DockerNetworks(ctx context.Context, host string) ([]DockerNetwork, error) {
-	return list[DockerNetwork](ctx, s, dockersOf(host))
+// Networks lists the Docker networks of host.
+func (d *Docker) Networks(ctx context.Context, host string) ([]DockerNetwork, error) {
+	return list[DockerNetwork](ctx, d.s, dockersOf(host))
 }
 
-// BindDockerNetwork makes a Docker network on dn.Host stand for a logical
+// Bind makes a Docker network on dn.Host stand for a logical
 // network: want.Name names it, or else the tenant's network with exactly the same
 // subnet is joined (a second host's `docker network create` joins the first's),
 // or else a new network is created under a provisional name. Binding the same
 // Docker network again returns the same network. A rejected bind leaves the
 // store as it was.
-func (s *Store) BindDockerNetwork(ctx context.Context, dn DockerNetwork, want core.Network) (core.Network, error) {
-	if cur, err := s.DockerNetwork(ctx, dn.Host, dn.ID); err == nil {
+func (d *Docker) Bind(ctx context.Context, dn DockerNetwork, want core.Network) (core.Network, error) {
+	s := d.s
+	if cur, err := d.Network(ctx, dn.Host, dn.ID); err == nil {
 		n, _, err := s.GetNetwork(ctx, cur.Tenant, cur.Network)
 		return n, err
 	}
@@ -134,7 +147,7 @@ func (s *Store) BindDockerNetwork(ctx context.Context, dn DockerNetwork, want co
 			return want, err
 		}
 	}
-	n, found, err := s.dockerTarget(ctx, want)
+	n, found, err := d.target(ctx, want)
 	if err != nil {
 		return n, err
 	}
@@ -152,7 +165,7 @@ func (s *Store) BindDockerNetwork(ctx context.Context, dn DockerNetwork, want co
 			return created, err
 		}
 		n = created
-		undo = append(undo, func() { _ = s.deleteUnusedDockerNetwork(context.WithoutCancel(ctx), n.Tenant, n.Name) })
+		undo = append(undo, func() { _ = d.deleteUnused(context.WithoutCancel(ctx), n.Tenant, n.Name) })
 	}
 	for _, a := range dn.Aux {
 		if err := core.ValidateEndpointIP(n, a); err != nil {
@@ -213,9 +226,10 @@ func (s *Store) BindDockerNetwork(ctx context.Context, dn DockerNetwork, want co
 	return n, fmt.Errorf("bind Docker network %.12s to %s: too much contention, try again", dn.ID, n.Key())
 }
 
-// dockerTarget finds the network a Docker network joins: want.Name, or the
+// target finds the network a Docker network joins: want.Name, or the
 // tenant's network with want's subnet.
-func (s *Store) dockerTarget(ctx context.Context, want core.Network) (core.Network, bool, error) {
+func (d *Docker) target(ctx context.Context, want core.Network) (core.Network, bool, error) {
+	s := d.s
 	if want.Name != "" {
 		n, _, err := s.GetNetwork(ctx, want.Tenant, want.Name)
 		if errors.Is(err, core.ErrNotFound) {
@@ -267,11 +281,12 @@ func joinable(n, want core.Network) error {
 	return nil
 }
 
-// UnbindDockerNetwork forgets a Docker network: the aux addresses no other
+// Unbind forgets a Docker network: the aux addresses no other
 // Docker network of the network names are released, and a network Docker
 // created is deleted with its last Docker network when it has no endpoints
 // left. Unknown IDs are fine (Docker retries deletes).
-func (s *Store) UnbindDockerNetwork(ctx context.Context, host, id string) error {
+func (d *Docker) Unbind(ctx context.Context, host, id string) error {
+	s := d.s
 	for attempt := 0; attempt < maxRetries; attempt++ {
 		r, err := s.get(ctx, dockerKey(host, id))
 		if err != nil || len(r.Kvs) == 0 {
@@ -311,27 +326,34 @@ func (s *Store) UnbindDockerNetwork(ctx context.Context, host, id string) error 
 		// Docker removes a network only once its endpoints are gone and
 		// released: what this host still reserves there no call will take
 		// or release any more.
-		ips, err := s.get(ctx, ipsOf(dn.Tenant, dn.Network), clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision))
+		res, err := s.get(ctx, hostNetReservationsOf(host, dn.Tenant, dn.Network), clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision))
 		if err != nil {
 			return err
 		}
-		for _, kv := range ips.Kvs {
-			if _, _, ok := reservationOf(string(kv.Value), host); ok {
-				ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(string(kv.Key)), "=", string(kv.Value))},
-					[]clientv3.Op{clientv3.OpDelete(string(kv.Key))}, nil))
-			}
+		var freed []string
+		for _, kv := range res.Kvs {
+			ip := lastSegment(string(kv.Key))
+			ik := ipKey(dn.Tenant, dn.Network, ip)
+			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", string(kv.Value))},
+				freeAddrOps(dn.Tenant, dn.Network, ip, string(kv.Value)), nil))
+			freed = append(freed, ip)
 		}
 		for _, a := range dn.Aux {
 			if needed[a] {
 				continue
 			}
+			freed = append(freed, a)
 			ik := ipKey(dn.Tenant, dn.Network, a)
 			// Only while it is still an aux address: an endpoint may own it by now.
 			for _, v := range []string{auxValue, auxPrefix + id} {
 				ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", v)}, []clientv3.Op{clientv3.OpDelete(ik)}, nil))
 			}
 		}
-		tr, err := s.txn(ctx, cmps, ops...)
+		hint, err := s.releaseHint(ctx, dn.Tenant, dn.Network, freed...)
+		if err != nil {
+			return err
+		}
+		tr, err := s.txn(ctx, cmps, append(ops, hint...)...)
 		if err != nil {
 			return err
 		}
@@ -341,14 +363,15 @@ func (s *Store) UnbindDockerNetwork(ctx context.Context, host, id string) error 
 		if others > 0 {
 			return nil
 		}
-		return s.deleteUnusedDockerNetwork(ctx, dn.Tenant, dn.Network)
+		return d.deleteUnused(ctx, dn.Tenant, dn.Network)
 	}
 	return fmt.Errorf("unbind Docker network %.12s: changed concurrently too often; try again", id)
 }
 
-// deleteUnusedDockerNetwork deletes a network Docker created once no Docker
-// network stands for it and it has no endpoints; anything else keeps it.
-func (s *Store) deleteUnusedDockerNetwork(ctx context.Context, tenant, name string) error {
+// deleteUnused deletes a network Docker created once no Docker network stands
+// for it and it has no endpoints; anything else keeps it.
+func (d *Docker) deleteUnused(ctx context.Context, tenant, name string) error {
+	s := d.s
 	n, rev, err := s.GetNetwork(ctx, tenant, name)
 	if err != nil || n.CreatedBy != "docker" {
 		return nil
@@ -358,9 +381,10 @@ func (s *Store) deleteUnusedDockerNetwork(ctx context.Context, tenant, name stri
 	return err
 }
 
-// IndexDockerNetworks writes the per-network index of host's Docker networks
+// IndexNetworks writes the per-network index of host's Docker networks
 // that a version before the index mapped: once, at start.
-func (s *Store) IndexDockerNetworks(ctx context.Context, host string) error {
+func (d *Docker) IndexNetworks(ctx context.Context, host string) error {
+	s := d.s
 	r, err := s.get(ctx, dockersOf(host), clientv3.WithPrefix())
 	if err != nil {
 		return err
@@ -379,7 +403,7 @@ func (s *Store) IndexDockerNetworks(ctx context.Context, host string) error {
 	return nil
 }
 
-// RenameNetwork gives a network its real name, moving every key that names it
+// Rename gives a network its real name, moving every key that names it
 // in one transaction: the network, its tag's value, its addresses, its hosts'
 // blocks, its endpoints, and the Docker mappings and their index. Every key
 // read is compared by revision, and each prefix must have gained no key since
@@ -387,7 +411,8 @@ func (s *Store) IndexDockerNetworks(ctx context.Context, host string) error {
 // host's bind) is never lost: the rename reads again and retries. It is meant
 // for a network Docker just created, so it refuses networks whose keys would not
 // fit in one transaction.
-func (s *Store) RenameNetwork(ctx context.Context, tenant, old, name string) error {
+func (d *Docker) Rename(ctx context.Context, tenant, old, name string) error {
+	s := d.s
 	if err := core.ValidName("network", name); err != nil {
 		return err
 	}
@@ -397,6 +422,9 @@ func (s *Store) RenameNetwork(ctx context.Context, tenant, old, name string) err
 			return err
 		}
 		r, err := s.txn(ctx, cmps, ops...)
+		if errors.Is(err, rpctypes.ErrTooManyOps) {
+			return fmt.Errorf("rename %s/%s to %s: too many keys to move in one transaction", tenant, old, name)
+		}
 		if err != nil {
 			return err
 		}
@@ -442,7 +470,11 @@ func (s *Store) renameTxn(ctx context.Context, tenant, old, name string) ([]clie
 	if err != nil {
 		return nil, nil, err
 	}
-	eps, err := at(endpointsOf(tenant))
+	eps, err := at(netEndpointsOf(tenant, old))
+	if err != nil {
+		return nil, nil, err
+	}
+	hint, err := s.get(ctx, ipFullKey(tenant, old), clientv3.WithRev(rev))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -453,9 +485,9 @@ func (s *Store) renameTxn(ctx context.Context, tenant, old, name string) ([]clie
 	cmps := []clientv3.Cmp{unchanged(networkKey(tenant, old), nr.Kvs[0].ModRevision), free(networkKey(tenant, name)),
 		clientv3.Compare(clientv3.Value(tagKey(n.Encap, n.Tag)), "=", n.Key()),
 		emptyPrefix(ipsOf(tenant, name)), emptyPrefix(blocksOf(tenant, name)), emptyPrefix(usersOf(tenant, name)),
-		// No address, block or user added meanwhile; every endpoint of the
-		// network has an address, so none was added either.
-		notNewer(ipsOf(tenant, old)), notNewer(blocksOf(tenant, old)), notNewer(usersOf(tenant, old))}
+		emptyPrefix(netEndpointsOf(tenant, name)), free(ipFullKey(tenant, name)),
+		// No address, block, user or endpoint added meanwhile.
+		notNewer(ipsOf(tenant, old)), notNewer(blocksOf(tenant, old)), notNewer(usersOf(tenant, old)), notNewer(netEndpointsOf(tenant, old))}
 	n.Name = name
 	ops := []clientv3.Op{clientv3.OpDelete(networkKey(tenant, old)), clientv3.OpPut(networkKey(tenant, name), mustJSON(n)),
 		clientv3.OpPut(tagKey(n.Encap, n.Tag), n.Key())}
@@ -465,17 +497,25 @@ func (s *Store) renameTxn(ctx context.Context, tenant, old, name string) ([]clie
 			ops = append(ops, clientv3.OpDelete(string(kv.Key)), clientv3.OpPut(newKey(string(kv.Key), oldPrefix, newPrefix), string(kv.Value)))
 		}
 	}
-	move(ips.Kvs, ipsOf(tenant, old), ipsOf(tenant, name))
+	for _, kv := range ips.Kvs {
+		ip, val := lastSegment(string(kv.Key)), string(kv.Value)
+		cmps = append(cmps, unchanged(string(kv.Key), kv.ModRevision))
+		ops = append(ops, freeAddrOps(tenant, old, ip, val)...)
+		ops = append(ops, setAddrOps(tenant, name, ip, "", val)...)
+	}
 	move(blocks.Kvs, blocksOf(tenant, old), blocksOf(tenant, name))
 	move(users.Kvs, usersOf(tenant, old), usersOf(tenant, name))
+	move(hint.Kvs, ipFullKey(tenant, old), ipFullKey(tenant, name))
 	for _, kv := range eps.Kvs {
 		var e core.Endpoint
 		if json.Unmarshal(kv.Value, &e) != nil || e.Network != old {
 			continue
 		}
+		was := e
 		e.Network = name
-		cmps = append(cmps, unchanged(string(kv.Key), kv.ModRevision))
-		ops = append(ops, clientv3.OpPut(string(kv.Key), mustJSON(e)))
+		// The index copy and the endpoint are written together: one revision.
+		cmps = append(cmps, unchanged(endpointKey(e.Tenant, e.Name), kv.ModRevision))
+		ops = append(ops, endpointOps(&was, e)...)
 	}
 	for _, kv := range users.Kvs {
 		host, id, ok := strings.Cut(strings.TrimPrefix(string(kv.Key), usersOf(tenant, old)), "/")
@@ -494,9 +534,8 @@ func (s *Store) renameTxn(ctx context.Context, tenant, old, name string) ([]clie
 		cmps = append(cmps, unchanged(dockerKey(host, id), mr.Kvs[0].ModRevision))
 		ops = append(ops, clientv3.OpPut(dockerKey(host, id), mustJSON(dn)))
 	}
-	if len(ops) > maxTxnOps || len(cmps) > maxTxnOps {
-		return nil, nil, fmt.Errorf("rename %s/%s to %s: too many keys to move in one transaction", tenant, old, name)
-	}
+	// The limit is the cluster's (--max-txn-ops): a default cluster takes
+	// about 20 endpoints, the embedded etcd 160.
 	return cmps, ops, nil
 }
 
@@ -504,10 +543,10 @@ func (s *Store) renameTxn(ctx context.Context, tenant, old, name string) ([]clie
 // endpoint is still as read at rev (the link handed to Docker was built from
 // that read; a rename meanwhile means another link), and returns the revision
 // of the write, so that the caller can wait for the agent to see it.
-func (s *Store) AttachNetNS(ctx context.Context, ep core.Endpoint, rev int64, netns string) (int64, error) {
+func (d *Docker) AttachNetNS(ctx context.Context, ep core.Endpoint, rev int64, netns string) (int64, error) {
+	was := ep
 	ep.NetNS = netns
-	r, err := s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)},
-		clientv3.OpPut(endpointKey(ep.Tenant, ep.Name), mustJSON(ep)))
+	r, err := d.s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)}, endpointOps(&was, ep)...)
 	if err != nil {
 		return 0, err
 	}
@@ -521,11 +560,12 @@ func (s *Store) AttachNetNS(ctx context.Context, ep core.Endpoint, rev int64, ne
 // reads again and retries.
 var ErrConflict = errors.New("changed concurrently; try again")
 
-// DockerNetworkOfPool finds the Docker network of host whose IPAM pool is
-// poolID, and its network. A pool ID of an older version names no network:
+// NetworkOfPool finds the Docker network of host whose IPAM pool is poolID,
+// and its network. A pool ID of an older version names no network:
 // legacySubnet, when given, finds the older mapping of that subnet instead.
-func (s *Store) DockerNetworkOfPool(ctx context.Context, host, poolID, legacySubnet string) (DockerNetwork, core.Network, error) {
-	mine, err := s.DockerNetworks(ctx, host)
+func (d *Docker) NetworkOfPool(ctx context.Context, host, poolID, legacySubnet string) (DockerNetwork, core.Network, error) {
+	s := d.s
+	mine, err := d.Networks(ctx, host)
 	if err != nil {
 		return DockerNetwork{}, core.Network{}, err
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/netplugin/netplugin/core"
@@ -55,30 +56,31 @@ func reservationOf(val, host string) (held bool, since time.Time, ok bool) {
 }
 
 // ReserveIP takes an address of a network for an endpoint Docker has not created
-// yet (IPAM runs before CreateEndpoint): ip, or the lowest free one in [lo, hi]
+// yet (IPAM runs before CreateEndpoint): ip, or one the allocator picks in [lo, hi]
 // (0, 0: the whole subnet). It returns the address and the allocation's owner
-// value that CreateEndpointReserved must present.
-func (s *Store) ReserveIP(ctx context.Context, tenant, network, ip string, lo, hi uint32, host string) (string, string, error) {
+// value that CreateEndpoint must present.
+func (d *Docker) ReserveIP(ctx context.Context, tenant, network, ip string, lo, hi uint32, host string) (string, string, error) {
+	s := d.s
 	owner := pendingValue(host)
 	for attempt := 0; attempt < maxRetries; attempt++ {
-		n, _, err := s.GetNetwork(ctx, tenant, network)
+		n, _, hint, err := s.networkForAllocation(ctx, tenant, network)
 		if err != nil {
 			return "", "", err
 		}
-		cand, err := s.candidateIP(ctx, n, host, ip, lo, hi, attempt > 0)
+		c, err := s.candidateWithBlock(ctx, n, hint, host, ip, lo, hi, attempt > 0)
 		if err != nil {
 			return "", "", err
 		}
-		r, err := s.txn(ctx, []clientv3.Cmp{exists(networkKey(tenant, network)), free(ipKey(tenant, network, cand))},
-			clientv3.OpPut(ipKey(tenant, network, cand), owner))
+		ops := append(setAddrOps(tenant, network, c.ip, "", owner), c.hint...)
+		r, err := s.txn(ctx, []clientv3.Cmp{exists(networkKey(tenant, network)), free(ipKey(tenant, network, c.ip))}, ops...)
 		if err != nil {
 			return "", "", err
 		}
 		if r.Succeeded {
-			return cand, owner, nil
+			return c.ip, owner, nil
 		}
 		if ip != "" {
-			if ok, err := s.has(ctx, ipKey(tenant, network, cand)); err != nil {
+			if ok, err := s.has(ctx, ipKey(tenant, network, c.ip)); err != nil {
 				return "", "", err
 			} else if ok {
 				return "", "", fmt.Errorf("%w: IP %s is already used on network %s", core.ErrInUse, ip, n.Key())
@@ -88,38 +90,34 @@ func (s *Store) ReserveIP(ctx context.Context, tenant, network, ip string, lo, h
 	return "", "", fmt.Errorf("reserve IP on %s/%s: too much contention, try again", tenant, network)
 }
 
-// pickIPIn is pickIP restricted to [lo, hi] when hi != 0 (Docker's --ip-range).
-func (s *Store) pickIPIn(ctx context.Context, n core.Network, lo, hi uint32, random bool) (string, error) {
-	if hi == 0 {
-		return s.pickIP(ctx, n, random)
-	}
-	// Lost races are retried by the caller; within a small range the lowest free
-	// address is as good a candidate as a random one.
-	used, err := s.usedIPs(ctx, n)
-	if err != nil {
+// IPOwner returns the value of an address's allocation: an endpoint name, a
+// pending IPAM reservation, or "" when the address is free.
+func (d *Docker) IPOwner(ctx context.Context, tenant, network, ip string) (string, error) {
+	r, err := d.s.get(ctx, ipKey(tenant, network, ip))
+	if err != nil || len(r.Kvs) == 0 {
 		return "", err
 	}
-	first, last := core.SubnetBounds(mustCIDR(n.Subnet))
-	for v := max(lo, first+1); v <= hi && v < last; v++ {
-		if !used[v] {
-			return core.IPFromUint(v).String(), nil
-		}
-	}
-	return "", fmt.Errorf("%w: no free IP left in the range of network %s", core.ErrInUse, n.Key())
+	return string(r.Kvs[0].Value), nil
 }
 
-// CreateEndpointReserved writes an endpoint whose IP was reserved by ReserveIP
+// CreateEndpoint writes an endpoint whose IP was reserved by ReserveIP
 // (owner is what ReserveIP returned), binding the address to it.
-func (s *Store) CreateEndpointReserved(ctx context.Context, ep core.Endpoint, owner string) (core.Endpoint, error) {
+func (d *Docker) CreateEndpoint(ctx context.Context, ep core.Endpoint, owner string) (core.Endpoint, error) {
+	s := d.s
 	if err := core.ValidName("endpoint", ep.Name); err != nil {
 		return ep, err
 	}
 	if ep.MAC == "" {
 		ep.MAC = NewMAC()
 	}
+	gcmps, err := s.endpointGroup(ctx, ep)
+	if err != nil {
+		return ep, err
+	}
 	ik := ipKey(ep.Tenant, ep.Network, ep.IP)
-	r, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", owner), free(endpointKey(ep.Tenant, ep.Name))},
-		clientv3.OpPut(endpointKey(ep.Tenant, ep.Name), mustJSON(ep)), clientv3.OpPut(ik, ep.Name))
+	ops := append(endpointOps(nil, ep), setAddrOps(ep.Tenant, ep.Network, ep.IP, owner, ep.Name)...)
+	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", owner), free(endpointKey(ep.Tenant, ep.Name))}, gcmps...)
+	r, err := s.txn(ctx, cmps, ops...)
 	if err != nil {
 		return ep, err
 	}
@@ -132,11 +130,12 @@ func (s *Store) CreateEndpointReserved(ctx context.Context, ep core.Endpoint, ow
 	return ep, nil
 }
 
-// DeleteDockerEndpoint is Docker's DeleteEndpoint: it removes the endpoint and,
+// DeleteEndpoint is Docker's DeleteEndpoint: it removes the endpoint and,
 // in the same transaction, either holds its address for Docker's coming
 // ReleaseAddress (hold) or frees it (Docker released it already, or another
 // IPAM gave it). It returns the revision of the delete.
-func (s *Store) DeleteDockerEndpoint(ctx context.Context, tenant, name, host string, hold bool) (int64, error) {
+func (d *Docker) DeleteEndpoint(ctx context.Context, tenant, name, host string, hold bool) (int64, error) {
+	s := d.s
 	for attempt := 0; attempt < maxRetries; attempt++ {
 		ep, rev, err := s.GetEndpoint(ctx, tenant, name)
 		if err != nil {
@@ -147,14 +146,18 @@ func (s *Store) DeleteDockerEndpoint(ctx context.Context, tenant, name, host str
 			return 0, fmt.Errorf("%w: endpoint %s is not a Docker endpoint of host %s", core.ErrNotFound, ep.Key(), host)
 		}
 		ik := ipKey(ep.Tenant, ep.Network, ep.IP)
-		addr := clientv3.OpDelete(ik)
-		if hold {
-			addr = clientv3.OpPut(ik, heldValue(host, ep.DockerEndpoint))
+		addr := setAddrOps(ep.Tenant, ep.Network, ep.IP, ep.Name, heldValue(host, ep.DockerEndpoint))
+		if !hold {
+			addr = freeAddrOps(ep.Tenant, ep.Network, ep.IP, ep.Name)
+			hint, err := s.releaseHint(ctx, ep.Tenant, ep.Network, ep.IP)
+			if err != nil {
+				return 0, err
+			}
+			addr = append(addr, hint...)
 		}
 		// The address is touched only while it is the endpoint's own.
-		r, err := s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)},
-			clientv3.OpDelete(endpointKey(ep.Tenant, ep.Name)),
-			clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", ep.Name)}, []clientv3.Op{addr}, nil))
+		ops := append(deleteEndpointOps(ep), clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", ep.Name)}, addr, nil))
+		r, err := s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)}, ops...)
 		if err != nil {
 			return 0, err
 		}
@@ -166,10 +169,11 @@ func (s *Store) DeleteDockerEndpoint(ctx context.Context, tenant, name, host str
 	return 0, fmt.Errorf("delete endpoint %s/%s: changed concurrently too often; try again", tenant, name)
 }
 
-// ReleaseDockerIP is Docker's ReleaseAddress: it frees the address when it holds
+// ReleaseIP is Docker's ReleaseAddress: it frees the address when it holds
 // a reservation of host (pending or held), and otherwise changes nothing and
 // returns what the address belongs to ("" when free).
-func (s *Store) ReleaseDockerIP(ctx context.Context, tenant, network, ip, host string) (string, error) {
+func (d *Docker) ReleaseIP(ctx context.Context, tenant, network, ip, host string) (string, error) {
+	s := d.s
 	ik := ipKey(tenant, network, ip)
 	for attempt := 0; attempt < maxRetries; attempt++ {
 		r, err := s.get(ctx, ik)
@@ -180,7 +184,11 @@ func (s *Store) ReleaseDockerIP(ctx context.Context, tenant, network, ip, host s
 		if _, _, ok := reservationOf(string(kv.Value), host); !ok {
 			return string(kv.Value), nil
 		}
-		tr, err := s.txn(ctx, []clientv3.Cmp{unchanged(ik, kv.ModRevision)}, clientv3.OpDelete(ik))
+		hint, err := s.releaseHint(ctx, tenant, network, ip)
+		if err != nil {
+			return "", err
+		}
+		tr, err := s.txn(ctx, []clientv3.Cmp{unchanged(ik, kv.ModRevision)}, append(freeAddrOps(tenant, network, ip, string(kv.Value)), hint...)...)
 		if err != nil {
 			return "", err
 		}
@@ -201,27 +209,34 @@ type Reservation struct {
 	value               string
 }
 
-// Reservations lists host's reservations on one network, for garbage
-// collection of those Docker never took or released.
-func (s *Store) Reservations(ctx context.Context, tenant, network, host string) ([]Reservation, error) {
-	r, err := s.get(ctx, ipsOf(tenant, network), clientv3.WithPrefix())
-	if err != nil {
-		return nil, err
-	}
+// HostReservations lists host's reservations, from the host's own index, for
+// garbage collection of those Docker never took or released.
+func (d *Docker) HostReservations(ctx context.Context, host string) ([]Reservation, error) {
+	prefix := hostReservationsOf(host)
 	var out []Reservation
-	for _, kv := range r.Kvs {
-		if held, since, ok := reservationOf(string(kv.Value), host); ok {
-			out = append(out, Reservation{Tenant: tenant, Network: network, IP: lastSegment(string(kv.Key)),
-				Held: held, Since: since, value: string(kv.Value)})
+	err := d.s.pages(ctx, prefix, func(kv *mvccpb.KeyValue) error {
+		parts := strings.Split(strings.TrimPrefix(string(kv.Key), prefix), "/")
+		if len(parts) != 3 {
+			return nil
 		}
-	}
-	return out, nil
+		if held, since, ok := reservationOf(string(kv.Value), host); ok {
+			out = append(out, Reservation{Tenant: parts[0], Network: parts[1], IP: parts[2], Held: held, Since: since, value: string(kv.Value)})
+		}
+		return nil
+	})
+	return out, err
 }
 
-// DropReservation frees a reservation listed by Reservations if it is still
-// the same one.
-func (s *Store) DropReservation(ctx context.Context, res Reservation) error {
+// DropReservation frees a reservation listed by HostReservations if it is
+// still the same one.
+func (d *Docker) DropReservation(ctx context.Context, res Reservation) error {
+	s := d.s
 	ik := ipKey(res.Tenant, res.Network, res.IP)
-	_, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", res.value)}, clientv3.OpDelete(ik))
+	hint, err := s.releaseHint(ctx, res.Tenant, res.Network, res.IP)
+	if err != nil {
+		return err
+	}
+	_, err = s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.Value(ik), "=", res.value)},
+		append(freeAddrOps(res.Tenant, res.Network, res.IP, res.value), hint...)...)
 	return err
 }

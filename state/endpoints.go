@@ -5,8 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"math/big"
 	"net"
+	"sort"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -89,11 +89,16 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 		return ep, err
 	}
 	for attempt := 0; attempt < maxRetries; attempt++ {
-		n, netRev, err := s.GetNetwork(ctx, ep.Tenant, ep.Network)
+		n, netRev, hint, err := s.networkForAllocation(ctx, ep.Tenant, ep.Network)
 		if err != nil {
 			return ep, err
 		}
 		cmps := []clientv3.Cmp{unchanged(networkKey(n.Tenant, n.Name), netRev), free(endpointKey(ep.Tenant, ep.Name))}
+		gcmps, err := s.endpointGroup(ctx, ep)
+		if err != nil {
+			return ep, err
+		}
+		cmps = append(cmps, gcmps...)
 		var ops []clientv3.Op
 		retag := tag != 0 && tag != n.Tag
 		if retag {
@@ -110,14 +115,16 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 				clientv3.OpPut(networkKey(n.Tenant, n.Name), mustJSON(n)))
 		}
 		cand := ep
-		var newBlock string
-		if cand.IP, newBlock, err = s.candidate(ctx, n, ep.Host, ep.IP, 0, 0, attempt > 0); err != nil {
+		c, err := s.candidate(ctx, n, hint, ep.Host, ep.IP, 0, 0, attempt > 0)
+		if err != nil {
 			return ep, err
 		}
-		cmps, ops = withBlock(n, newBlock, ep.Host, cmps, ops)
+		cand.IP = c.ip
+		cmps, ops = withBlock(n, c.newBlock, ep.Host, cmps, ops)
 		cmps = append(cmps, free(ipKey(n.Tenant, n.Name, cand.IP)))
-		ops = append(ops, clientv3.OpPut(endpointKey(cand.Tenant, cand.Name), mustJSON(cand)),
-			clientv3.OpPut(ipKey(n.Tenant, n.Name, cand.IP), cand.Name))
+		ops = append(ops, endpointOps(nil, cand)...)
+		ops = append(ops, setAddrOps(n.Tenant, n.Name, cand.IP, "", cand.Name)...)
+		ops = append(ops, c.hint...)
 		r, err := s.txn(ctx, cmps, ops...)
 		if err != nil {
 			return ep, err
@@ -133,15 +140,33 @@ func (s *Store) CreateEndpoint(ctx context.Context, ep core.Endpoint, tag int) (
 	return ep, fmt.Errorf("create endpoint %s: too much contention, try again", ep.Key())
 }
 
+// candidateIP is an address to try for an endpoint, with what its
+// transaction must also write.
+type candidateIP struct {
+	ip string
+	// newBlock is the key of the routed block to write with it when the host
+	// has none yet (hostBlock).
+	newBlock string
+	// hint is the allocator's update of the network's full-blocks hint.
+	hint []clientv3.Op
+}
+
 // candidate returns the address to try for an endpoint of n on host: ip,
-// validated and in canonical form, or a free one in [lo, hi] (0, 0: the whole
-// subnet) — on a routed network always within the host's block. newBlock is
-// the key of the block to write with it when the host has none yet (blockOf).
-func (s *Store) candidate(ctx context.Context, n core.Network, host, ip string, lo, hi uint32, random bool) (addr, newBlock string, err error) {
+// validated and in canonical form, or one the allocator picks in [lo, hi]
+// (0, 0: the whole subnet) — on a routed network always within the host's
+// block.
+// hint is n's full-blocks hint when the caller read it with n (nil: read when needed).
+func (s *Store) candidate(ctx context.Context, n core.Network, hint *hintState, host, ip string, lo, hi uint32, random bool, freed ...string) (candidateIP, error) {
+	var c candidateIP
+	where := n.Subnet
+	if hi != 0 {
+		where = "the range " + core.IPFromUint(lo).String() + "-" + core.IPFromUint(hi).String()
+	}
 	if _, routed := n.HostBlockLen(); routed {
 		var block *net.IPNet
-		if block, newBlock, err = s.blockOf(ctx, n, host); err != nil {
-			return "", "", err
+		var err error
+		if block, c.newBlock, err = s.hostBlock(ctx, n, host); err != nil {
+			return c, err
 		}
 		first, last := core.SubnetBounds(block)
 		first, last = first+1, last-1 // keep the block's own base and top free, as a subnet's are
@@ -150,22 +175,25 @@ func (s *Store) candidate(ctx context.Context, n core.Network, host, ip string, 
 		} else {
 			lo, hi = max(lo, first), min(hi, last)
 		}
+		where = block.String() + " (block of host " + host + ")"
 		if a := net.ParseIP(strings.TrimSpace(ip)); ip != "" && !block.Contains(a) {
-			return "", "", fmt.Errorf("%w: IP %s is outside %s, the block of host %s on routed network %s", core.ErrInvalid, ip, block, host, n.Key())
+			return c, fmt.Errorf("%w: IP %s is outside %s, the block of host %s on routed network %s", core.ErrInvalid, ip, block, host, n.Key())
 		}
 	}
 	if ip == "" {
-		addr, err = s.pickIPIn(ctx, n, lo, hi, random)
-		return addr, newBlock, err
+		var err error
+		c.ip, c.hint, err = s.pickIP(ctx, n, hint, lo, hi, random, where, freed...)
+		return c, err
 	}
 	if err := core.ValidateEndpointIP(n, ip); err != nil {
-		return "", "", err
+		return c, err
 	}
 	a, _ := core.ParseIPv4(ip)
-	return a.String(), newBlock, nil
+	c.ip = a.String()
+	return c, nil
 }
 
-// withBlock adds the write of a new host block (see blockOf) to a transaction.
+// withBlock adds the write of a new host block (see hostBlock) to a transaction.
 func withBlock(n core.Network, newBlock, host string, cmps []clientv3.Cmp, ops []clientv3.Op) ([]clientv3.Cmp, []clientv3.Op) {
 	if newBlock == "" {
 		return cmps, ops
@@ -173,25 +201,26 @@ func withBlock(n core.Network, newBlock, host string, cmps []clientv3.Cmp, ops [
 	return append(cmps, free(newBlock), exists(networkKey(n.Tenant, n.Name))), append(ops, clientv3.OpPut(newBlock, host))
 }
 
-// candidateIP is candidate for a caller that writes the block on its own: a
-// new block is allocated before the address is returned.
-func (s *Store) candidateIP(ctx context.Context, n core.Network, host, ip string, lo, hi uint32, random bool) (string, error) {
+// candidateWithBlock is candidate for a caller that writes the block on its
+// own: a new block is allocated before the address is returned.
+func (s *Store) candidateWithBlock(ctx context.Context, n core.Network, hint *hintState, host, ip string, lo, hi uint32, random bool) (candidateIP, error) {
 	for attempt := 0; attempt < maxRetries; attempt++ {
-		addr, newBlock, err := s.candidate(ctx, n, host, ip, lo, hi, random)
-		if err != nil || newBlock == "" {
-			return addr, err
+		c, err := s.candidate(ctx, n, hint, host, ip, lo, hi, random)
+		if err != nil || c.newBlock == "" {
+			return c, err
 		}
-		cmps, ops := withBlock(n, newBlock, host, nil, nil)
+		cmps, ops := withBlock(n, c.newBlock, host, nil, nil)
 		r, err := s.txn(ctx, cmps, ops...)
 		if err != nil {
-			return "", err
+			return c, err
 		}
 		if r.Succeeded {
-			return addr, nil
+			c.newBlock = ""
+			return c, nil
 		}
 		// Another host took that block: look again.
 	}
-	return "", fmt.Errorf("allocate a block of %s for %s: too much contention, try again", n.Key(), host)
+	return candidateIP{}, fmt.Errorf("allocate a block of %s for %s: too much contention, try again", n.Key(), host)
 }
 
 // whyEndpointCreateFailed turns a failed transaction into the user's error, or
@@ -237,61 +266,6 @@ func (s *Store) whyEndpointCreateFailed(ctx context.Context, ep core.Endpoint, n
 	return nil
 }
 
-// pickIP returns the lowest free address, or a random free one after a lost race
-// so that concurrent creators stop colliding on the same candidate.
-func (s *Store) pickIP(ctx context.Context, n core.Network, random bool) (string, error) {
-	r, err := s.get(ctx, ipsOf(n.Tenant, n.Name), clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	if err != nil {
-		return "", err
-	}
-	used := make(map[uint32]bool, len(r.Kvs)+1)
-	for _, kv := range r.Kvs {
-		if ip := net.ParseIP(lastSegment(string(kv.Key))); ip != nil {
-			used[core.IPToUint(ip)] = true
-		}
-	}
-	if n.Gateway != "" {
-		used[core.IPToUint(net.ParseIP(n.Gateway))] = true
-	}
-	lo, hi := core.SubnetBounds(mustCIDR(n.Subnet))
-	size := hi - lo - 1
-	if uint32(len(used)) >= size {
-		return "", fmt.Errorf("%w: network %s has no free IP left in %s", core.ErrInUse, n.Key(), n.Subnet)
-	}
-	start := uint32(0)
-	if random {
-		v, err := rand.Int(rand.Reader, big.NewInt(int64(size)))
-		if err == nil {
-			start = uint32(v.Int64())
-		}
-	}
-	for i := uint32(0); i < size; i++ {
-		ip := lo + 1 + (start+i)%size
-		if !used[ip] {
-			return core.IPFromUint(ip).String(), nil
-		}
-	}
-	return "", fmt.Errorf("%w: network %s has no free IP left in %s", core.ErrInUse, n.Key(), n.Subnet)
-}
-
-// usedIPs returns the addresses of n that are taken, its gateway included.
-func (s *Store) usedIPs(ctx context.Context, n core.Network) (map[uint32]bool, error) {
-	r, err := s.get(ctx, ipsOf(n.Tenant, n.Name), clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	if err != nil {
-		return nil, err
-	}
-	used := map[uint32]bool{}
-	for _, kv := range r.Kvs {
-		if ip := net.ParseIP(lastSegment(string(kv.Key))).To4(); ip != nil {
-			used[core.IPToUint(ip)] = true
-		}
-	}
-	if gw := net.ParseIP(n.Gateway).To4(); gw != nil {
-		used[core.IPToUint(gw)] = true
-	}
-	return used, nil
-}
-
 // GetEndpoint returns an endpoint and its revision.
 func (s *Store) GetEndpoint(ctx context.Context, tenant, name string) (core.Endpoint, int64, error) {
 	if tenant == "" {
@@ -314,59 +288,71 @@ func (s *Store) GetEndpoint(ctx context.Context, tenant, name string) (core.Endp
 	return ep, r.Kvs[0].ModRevision, nil
 }
 
-// Endpoints lists the endpoints of a tenant (all tenants when ""), optionally of one network.
+// Endpoints lists the endpoints of a tenant (all tenants when ""), optionally
+// of one network: then only that network's index is read.
 func (s *Store) Endpoints(ctx context.Context, tenant, network string) ([]core.Endpoint, error) {
-	prefix := endpointPrefix
 	if tenant != "" {
 		if err := s.tenantExists(ctx, tenant); err != nil {
 			return nil, err
 		}
-		prefix = endpointsOf(tenant)
 	}
-	all, err := list[core.Endpoint](ctx, s, prefix)
-	if err != nil || network == "" {
-		return all, err
+	if network == "" {
+		prefix := endpointPrefix
+		if tenant != "" {
+			prefix = endpointsOf(tenant)
+		}
+		return list[core.Endpoint](ctx, s, prefix)
 	}
-	out := all[:0]
-	for _, e := range all {
-		if e.Network == network {
-			out = append(out, e)
+	tenants := []string{tenant}
+	if tenant == "" {
+		ts, err := s.Tenants(ctx)
+		if err != nil {
+			return nil, err
+		}
+		tenants = []string{core.DefaultTenant}
+		for _, t := range ts {
+			if t.Name != core.DefaultTenant {
+				tenants = append(tenants, t.Name)
+			}
 		}
 	}
+	out := []core.Endpoint{}
+	for _, t := range tenants {
+		eps, err := list[core.Endpoint](ctx, s, netEndpointsOf(t, network))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, eps...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
 	return out, nil
+}
+
+// HostEndpoints lists the endpoints homed on host, from the host's index:
+// what a periodic job of that host reads instead of the cluster's endpoints.
+func (s *Store) HostEndpoints(ctx context.Context, host string) ([]core.Endpoint, error) {
+	return list[core.Endpoint](ctx, s, hostEndpointsOf(host))
 }
 
 // DeleteEndpoint removes an endpoint and releases its IP in one transaction.
 func (s *Store) DeleteEndpoint(ctx context.Context, tenant, name string) error {
-	_, err := s.DeleteEndpointRev(ctx, tenant, name)
-	return err
-}
-
-// DeleteEndpointRev is DeleteEndpoint returning the revision of the delete.
-func (s *Store) DeleteEndpointRev(ctx context.Context, tenant, name string) (int64, error) {
 	ep, rev, err := s.GetEndpoint(ctx, tenant, name)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	r, err := s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)},
-		clientv3.OpDelete(endpointKey(ep.Tenant, ep.Name)), clientv3.OpDelete(ipKey(ep.Tenant, ep.Network, ep.IP)))
+	hint, err := s.releaseHint(ctx, ep.Tenant, ep.Network, ep.IP)
 	if err != nil {
-		return 0, err
+		return err
+	}
+	ops := append(deleteEndpointOps(ep), clientv3.OpDelete(ipKey(ep.Tenant, ep.Network, ep.IP)))
+	r, err := s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)}, append(ops, hint...)...)
+	if err != nil {
+		return err
 	}
 	if !r.Succeeded {
-		return 0, fmt.Errorf("endpoint %s changed concurrently; try again", ep.Key())
+		return fmt.Errorf("endpoint %s changed concurrently; try again", ep.Key())
 	}
-	return r.Header.Revision, nil
-}
-
-// IPOwner returns the value of an address's allocation: an endpoint name, a
-// pending IPAM reservation, or "" when the address is free.
-func (s *Store) IPOwner(ctx context.Context, tenant, network, ip string) (string, error) {
-	r, err := s.get(ctx, ipKey(tenant, network, ip))
-	if err != nil || len(r.Kvs) == 0 {
-		return "", err
-	}
-	return string(r.Kvs[0].Value), nil
+	return nil
 }
 
 // Attachment says where to plug an endpoint in.
@@ -421,20 +407,28 @@ func (s *Store) Attach(ctx context.Context, tenant, name string, a Attachment) (
 				return ep, err
 			}
 			if _, routed = n.HostBlockLen(); routed {
-				var newBlock string
-				if upd.IP, newBlock, err = s.candidate(ctx, n, upd.Host, a.IP, 0, 0, attempt > 0); err != nil {
+				c, err := s.candidate(ctx, n, nil, upd.Host, a.IP, 0, 0, attempt > 0, ep.IP)
+				if err != nil {
 					return ep, err
 				}
-				cmps, ops = withBlock(n, newBlock, upd.Host, cmps, ops)
+				upd.IP = c.ip
+				hint := c.hint
+				if a.IP != "" { // no allocation: the release's own hint
+					if hint, err = s.releaseHint(ctx, ep.Tenant, ep.Network, ep.IP); err != nil {
+						return ep, err
+					}
+				}
+				cmps, ops = withBlock(n, c.newBlock, upd.Host, cmps, ops)
 				cmps = append(cmps, free(ipKey(n.Tenant, n.Name, upd.IP)))
 				ops = append(ops, clientv3.OpDelete(ipKey(ep.Tenant, ep.Network, ep.IP)),
 					clientv3.OpPut(ipKey(n.Tenant, n.Name, upd.IP), ep.Name))
+				ops = append(ops, hint...)
 			}
 		}
 		if !routed && a.IP != "" && a.IP != ep.IP {
 			return ep, fmt.Errorf("%w: endpoint %s has IP %s; an IP changes only with a move to another host on a routed network", core.ErrInvalid, ep.Key(), ep.IP)
 		}
-		ops = append(ops, clientv3.OpPut(endpointKey(ep.Tenant, ep.Name), mustJSON(upd)))
+		ops = append(ops, endpointOps(&ep, upd)...)
 		r, err := s.txn(ctx, cmps, ops...)
 		if err != nil {
 			return ep, err
@@ -467,8 +461,9 @@ func (s *Store) Detach(ctx context.Context, tenant, name, containerOrNS string) 
 	if containerOrNS != "" && containerOrNS != ep.ContainerID && containerOrNS != ep.ContainerName && containerOrNS != ep.NetNS {
 		return ep, fmt.Errorf("%w: endpoint %s is attached to %s, not %s", core.ErrInvalid, ep.Key(), target(ep), containerOrNS)
 	}
+	old := ep
 	ep.ContainerName, ep.ContainerID, ep.NetNS = "", "", ""
-	return ep, s.putEndpoint(ctx, ep, rev)
+	return ep, s.putEndpoint(ctx, old, ep, rev)
 }
 
 func target(ep core.Endpoint) string {
@@ -481,9 +476,9 @@ func target(ep core.Endpoint) string {
 	return "container " + ep.ContainerID
 }
 
-func (s *Store) putEndpoint(ctx context.Context, ep core.Endpoint, rev int64) error {
-	r, err := s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)},
-		clientv3.OpPut(endpointKey(ep.Tenant, ep.Name), mustJSON(ep)))
+// putEndpoint rewrites ep, stored as old at rev.
+func (s *Store) putEndpoint(ctx context.Context, old, ep core.Endpoint, rev int64) error {
+	r, err := s.txn(ctx, []clientv3.Cmp{unchanged(endpointKey(ep.Tenant, ep.Name), rev)}, endpointOps(&old, ep)...)
 	if err != nil {
 		return err
 	}

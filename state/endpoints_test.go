@@ -73,6 +73,7 @@ func TestConcurrentCreatesWithTag(t *testing.T) {
 			if len(eps) != workers*each || len(ips) != workers*each {
 				t.Fatalf("%d endpoints with %d distinct IPs, want %d", len(eps), len(ips), workers*each)
 			}
+			checkStore(t, s)
 		})
 	}
 }
@@ -110,6 +111,24 @@ func TestRetagRefusals(t *testing.T) {
 }
 
 // allocIPs returns the allocation keys of a network and their owners.
+// distinctIPs returns the endpoints of a network and fails the test if two
+// of them hold one address.
+func distinctIPs(t *testing.T, s *state.Store, tenant, network string) []core.Endpoint {
+	t.Helper()
+	eps, err := s.Endpoints(context.Background(), tenant, network)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]string{}
+	for _, ep := range eps {
+		if other, ok := seen[ep.IP]; ok {
+			t.Fatalf("IP %s given to %s and %s", ep.IP, other, ep.Name)
+		}
+		seen[ep.IP] = ep.Name
+	}
+	return eps
+}
+
 func allocIPs(t *testing.T, s *state.Store, tenant, network string) map[string]string {
 	t.Helper()
 	r, err := s.Client().Get(context.Background(), state.Prefix+"alloc/ip/"+tenant+"/"+network+"/", clientv3.WithPrefix())
@@ -192,6 +211,7 @@ func TestAttachMovesHostOnRoutedNetwork(t *testing.T) {
 	if got := allocIPs(t, s, "default", "r"); len(got) != 2 || got["10.8.0.9"] != "mover" {
 		t.Fatalf("allocations after moving back: %v", got)
 	}
+	checkStore(t, s)
 }
 
 // TestRoutedRefusalsAllocateNoBlock: an address outside the block a new host

@@ -32,39 +32,39 @@ func (s *Store) DeleteHost(ctx context.Context, host string) (HostDeleted, error
 	} else if live {
 		return out, fmt.Errorf("%w: host %s is registered (its agent runs, or its lease has not expired yet): stop its agent first", core.ErrInUse, host)
 	}
-	eps, err := s.Endpoints(ctx, "", "")
+	// The host's own index names its endpoints and reservations.
+	eps, err := s.HostEndpoints(ctx, host)
 	if err != nil {
 		return out, err
 	}
 	for _, e := range eps {
-		if e.Host != host {
-			continue
-		}
 		if err := s.DeleteEndpoint(ctx, e.Tenant, e.Name); err != nil && !errors.Is(err, core.ErrNotFound) {
 			return out, fmt.Errorf("endpoint %s: %w", e.Key(), err)
 		}
 		out.Endpoints++
 	}
-	dns, err := s.DockerNetworks(ctx, host)
+	d := s.Docker()
+	res, err := d.HostReservations(ctx, host)
+	if err != nil {
+		return out, err
+	}
+	for _, r := range res {
+		if err := d.DropReservation(ctx, r); err != nil {
+			return out, err
+		}
+		out.Reservations++
+	}
+	dns, err := d.Networks(ctx, host)
 	if err != nil {
 		return out, err
 	}
 	for _, dn := range dns {
-		res, err := s.Reservations(ctx, dn.Tenant, dn.Network, host)
-		if err != nil && !errors.Is(err, core.ErrNotFound) {
-			return out, err
-		}
-		for _, r := range res {
-			if err := s.DropReservation(ctx, r); err != nil {
-				return out, err
-			}
-			out.Reservations++
-		}
-		if err := s.UnbindDockerNetwork(ctx, host, dn.ID); err != nil {
+		if err := d.Unbind(ctx, host, dn.ID); err != nil {
 			return out, fmt.Errorf("Docker network %.12s: %w", dn.ID, err)
 		}
 		out.DockerNetworks++
 	}
+	// Routed blocks are found by value: an operator's command, not a periodic one.
 	r, err := s.get(ctx, blockPrefix, clientv3.WithPrefix())
 	if err != nil {
 		return out, err

@@ -26,7 +26,7 @@ import (
 //  1. The whole plan — every key with the state it expects and the state it
 //     replaces — is written in one transaction, with a progress counter and an
 //     owner key on the applier's lease, and only if nothing under config/,
-//     alloc/, docker/ and dockerusers/ changed since the plan was read.
+//     alloc/, docker/, dockerusers/ and index/ changed since the plan was read.
 //  2. While the journal exists, every other writer of desired state waits
 //     (fencedTxn): the plan's allocations cannot be taken from under it.
 //  3. Each batch commits with its preconditions and advances the counter in
@@ -171,7 +171,7 @@ func (s *Store) fencedTxn(ctx context.Context, cmps []clientv3.Cmp, ops ...clien
 
 // desiredPrefixes hold the desired state and its allocations: what a plan is
 // made from, what the fence guards.
-var desiredPrefixes = [...]string{configPrefix, allocPrefix, dockerPrefix, usersPrefix}
+var desiredPrefixes = [...]string{configPrefix, allocPrefix, dockerPrefix, usersPrefix, indexPrefix}
 
 func writesDesiredState(ops []clientv3.Op) bool {
 	for _, op := range ops {

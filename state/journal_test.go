@@ -15,19 +15,20 @@ import (
 	"github.com/netplugin/netplugin/core"
 	"github.com/netplugin/netplugin/internal/etcdtest"
 	"github.com/netplugin/netplugin/state"
+	"github.com/netplugin/netplugin/state/etcdserver"
 )
 
 // etcdServer is an embedded etcd that a test can stop and start again on the
 // same data and ports, as a crashed and restarted member.
 type etcdServer struct {
 	t   *testing.T
-	cfg state.EmbeddedConfig
-	e   *state.Embedded
+	cfg etcdserver.Config
+	e   *etcdserver.Server
 }
 
 func startEtcd(t *testing.T) *etcdServer {
 	t.Helper()
-	es := &etcdServer{t: t, cfg: state.EmbeddedConfig{DataDir: t.TempDir(),
+	es := &etcdServer{t: t, cfg: etcdserver.Config{DataDir: t.TempDir(),
 		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t)),
 		PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t))}}
 	es.start()
@@ -42,7 +43,7 @@ func (es *etcdServer) start() {
 	// A port just released by a stopped member can take a moment to bind.
 	var err error
 	for i := 0; i < 20; i++ {
-		if es.e, err = state.StartEmbedded(ctx, es.cfg); err == nil {
+		if es.e, err = etcdserver.Start(ctx, es.cfg); err == nil {
 			return
 		}
 		time.Sleep(250 * time.Millisecond)
@@ -313,6 +314,7 @@ func TestApplyConflictRollsBack(t *testing.T) {
 	if e := eps["big/n5-e0"]; e.IP != "10.60.5.2" {
 		t.Fatalf("n5-e0 = %s, want 10.60.5.2 (10.60.5.1 was taken)", e.IP)
 	}
+	checkStore(t, s)
 }
 
 // TestWritersWaitForALiveApply: while a journal is being written, other

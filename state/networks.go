@@ -267,12 +267,18 @@ func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string) error {
 		return err
 	}
 	r, err := s.txn(ctx,
-		[]clientv3.Cmp{unchanged(networkKey(n.Tenant, n.Name), rev), emptyPrefix(ipsOf(n.Tenant, n.Name))},
+		[]clientv3.Cmp{unchanged(networkKey(n.Tenant, n.Name), rev), emptyPrefix(ipsOf(n.Tenant, n.Name)),
+			emptyPrefix(usesOf(n.Tenant, kindNetwork, n.Name))},
 		deleteNetworkOps(n)...)
 	if err != nil {
 		return err
 	}
 	if !r.Succeeded {
+		if u, err := s.firstUser(ctx, n.Tenant, kindNetwork, n.Name); err != nil {
+			return err
+		} else if u != "" {
+			return fmt.Errorf("%w: network %s is used by %s", core.ErrInUse, n.Key(), u)
+		}
 		return fmt.Errorf("%w: network %s still has endpoints; delete them first", core.ErrInUse, n.Key())
 	}
 	return nil
@@ -281,5 +287,5 @@ func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string) error {
 // deleteNetworkOps removes a network and what was allocated for it.
 func deleteNetworkOps(n core.Network) []clientv3.Op {
 	return []clientv3.Op{clientv3.OpDelete(networkKey(n.Tenant, n.Name)), clientv3.OpDelete(tagKey(n.Encap, n.Tag)),
-		clientv3.OpDelete(blocksOf(n.Tenant, n.Name), clientv3.WithPrefix())}
+		clientv3.OpDelete(blocksOf(n.Tenant, n.Name), clientv3.WithPrefix()), clientv3.OpDelete(ipFullKey(n.Tenant, n.Name))}
 }

@@ -1,10 +1,12 @@
 package state
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,7 +35,7 @@ type snapKV struct {
 // Change is one line of a plan.
 type Change struct {
 	Action string `json:"action"` // create, update, delete or keep
-	Kind   string `json:"kind"`   // global, tenant, network or endpoint
+	Kind   string `json:"kind"`   // global, tenant, network, endpoint, policy, netprofile or group
 	Name   string `json:"name"`
 	Detail string `json:"detail,omitempty"`
 }
@@ -99,13 +101,21 @@ type view struct {
 	tags       map[string]string            // tag key -> network key
 	blocks     map[string]map[string]string // network key -> block base -> host
 	dockerMaps map[string][]string          // network key -> docker/ and dockerusers/ keys naming it
+	pol        storedPolicy
 }
 
 func decodeSnapshot(snap *snapshot) (*view, error) {
 	v := &view{global: core.DefaultGlobal(), tenants: map[string]bool{core.DefaultTenant: true},
 		nets: map[string]core.Network{}, eps: map[string]core.Endpoint{}, ips: map[string]map[string]string{},
-		tags: map[string]string{}, blocks: map[string]map[string]string{}, dockerMaps: map[string][]string{}}
+		tags: map[string]string{}, blocks: map[string]map[string]string{}, dockerMaps: map[string][]string{},
+		pol: storedPolicy{policies: map[string]core.Policy{}, profiles: map[string]core.Profile{}, groups: map[string]core.Group{}}}
 	for k, kv := range snap.kvs {
+		if ok, err := v.pol.decode(k, kv.val); ok {
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
 		switch {
 		case k == keyGlobal:
 			if err := json.Unmarshal([]byte(kv.val), &v.global); err != nil {
@@ -157,6 +167,8 @@ func decodeSnapshot(snap *snapshot) (*view, error) {
 				nk := parts[0] + "/" + parts[1]
 				v.dockerMaps[nk] = append(v.dockerMaps[nk], k)
 			}
+		case strings.HasPrefix(k, ipFullPrefix):
+			// the allocator's hint, read by planSpace
 		case strings.HasPrefix(k, allocPrefix):
 			v.tags[k] = kv.val
 		}
@@ -190,7 +202,8 @@ type planner struct {
 	// allocation state after the plan's deletions
 	usedTags  map[string]string            // tag key -> owner
 	usedIPs   map[string]map[uint32]bool   // network key -> addresses taken
-	nextFree  map[string]uint32            // network key + range -> lowest candidate
+	hints     map[string]*hintState        // network key -> the allocator's full-blocks hint
+	hintMoved map[string]bool              // network keys whose hint the plan changes
 	blocks    map[string]map[string]string // network key -> base -> host
 	newBlocks map[string]bool              // block keys the plan creates
 }
@@ -281,7 +294,7 @@ func planDocument(snap *snapshot, d Document, o ApplyOptions) (*plan, error) {
 		return nil, err
 	}
 	p := &planner{snap: snap, v: v, opts: o, g: v.global, sim: map[string]simKV{},
-		usedTags: map[string]string{}, usedIPs: map[string]map[uint32]bool{}, nextFree: map[string]uint32{},
+		usedTags: map[string]string{}, usedIPs: map[string]map[uint32]bool{}, hints: map[string]*hintState{}, hintMoved: map[string]bool{},
 		blocks: map[string]map[string]string{}, newBlocks: map[string]bool{}}
 	if d.Global != nil {
 		p.g = mergeGlobal(v.global, *d.Global)
@@ -296,6 +309,7 @@ func planDocument(snap *snapshot, d Document, o ApplyOptions) (*plan, error) {
 	netByKey := map[string]*docNet{}
 	var eps []*docEP
 	epByKey := map[string]*docEP{}
+	dp := &docPolicy{policies: map[string]core.Policy{}, profiles: map[string]core.Profile{}, groups: map[string]core.Group{}}
 	for _, td := range d.Tenants {
 		if err := core.ValidName("tenant", td.Name); err != nil {
 			return nil, err
@@ -304,6 +318,9 @@ func planDocument(snap *snapshot, d Document, o ApplyOptions) (*plan, error) {
 			return nil, fmt.Errorf("%w: tenant %q appears twice", core.ErrInvalid, td.Name)
 		}
 		wantTenants[td.Name] = true
+		if err := readPolicyDocument(dp, td); err != nil {
+			return nil, err
+		}
 		for _, nd := range td.Networks {
 			if err := core.ValidName("network", nd.Name); err != nil {
 				return nil, err
@@ -318,7 +335,7 @@ func planDocument(snap *snapshot, d Document, o ApplyOptions) (*plan, error) {
 				if err := core.ValidName("endpoint", ed.Name); err != nil {
 					return nil, err
 				}
-				de := &docEP{doc: ed, e: core.Endpoint{Tenant: td.Name, Network: nd.Name, Name: ed.Name}}
+				de := &docEP{doc: ed, e: core.Endpoint{Tenant: td.Name, Network: nd.Name, Name: ed.Name, Group: ed.Group}}
 				if epByKey[de.e.Key()] != nil {
 					return nil, fmt.Errorf("%w: endpoint %s appears twice in tenant %s", core.ErrInvalid, ed.Name, td.Name)
 				}
@@ -343,7 +360,7 @@ func planDocument(snap *snapshot, d Document, o ApplyOptions) (*plan, error) {
 	// (unless told to prune it too) and what still holds something kept.
 	keptNet := map[string]string{} // network key -> why it is kept
 	var delEPs []core.Endpoint
-	for _, k := range sortedKeys(v.eps) {
+	for _, k := range slices.Sorted(maps.Keys(v.eps)) {
 		e := v.eps[k]
 		if epByKey[k] != nil {
 			continue
@@ -364,7 +381,7 @@ func planDocument(snap *snapshot, d Document, o ApplyOptions) (*plan, error) {
 		}
 	}
 	var delNets []core.Network
-	for _, k := range sortedKeys(v.nets) {
+	for _, k := range slices.Sorted(maps.Keys(v.nets)) {
 		n := v.nets[k]
 		if netByKey[k] != nil {
 			continue
@@ -397,7 +414,7 @@ func planDocument(snap *snapshot, d Document, o ApplyOptions) (*plan, error) {
 		delNets = append(delNets, n)
 	}
 	var delTenants []string
-	for _, t := range sortedKeys(v.tenants) {
+	for _, t := range slices.Sorted(maps.Keys(v.tenants)) {
 		if wantTenants[t] {
 			continue
 		}
@@ -416,11 +433,25 @@ func planDocument(snap *snapshot, d Document, o ApplyOptions) (*plan, error) {
 
 	// Deletions, in the order their keys depend on each other.
 	for _, e := range delEPs {
-		item := p.del(nil, endpointKey(e.Tenant, e.Name))
+		item := p.delEndpoint(nil, e)
 		if deletedIP[ipKey(e.Tenant, e.Network, e.IP)] {
 			item = p.del(item, ipKey(e.Tenant, e.Network, e.IP))
 		}
 		p.add(item, Change{"delete", "endpoint", e.Key(), fmt.Sprintf("network %s, %s, host %s", e.Network, e.IP, orNone(e.Host))})
+	}
+	var keptEPs []core.Endpoint
+	deletedEP := map[string]bool{}
+	for _, e := range delEPs {
+		deletedEP[e.Key()] = true
+	}
+	for _, k := range slices.Sorted(maps.Keys(v.eps)) {
+		if epByKey[k] == nil && !deletedEP[k] {
+			keptEPs = append(keptEPs, v.eps[k])
+		}
+	}
+	// Groups go before their networks, policies before tenants.
+	if err := p.planPolicyDeletes(dp, keptEPs); err != nil {
+		return nil, err
 	}
 	deletedNet := map[string]bool{}
 	for _, n := range delNets {
@@ -429,10 +460,14 @@ func planDocument(snap *snapshot, d Document, o ApplyOptions) (*plan, error) {
 		// What else the network holds goes first, one key per item, so that
 		// a network with many keys never needs one oversized transaction.
 		var held []string
-		for _, ip := range sortedKeys(v.ips[n.Key()]) {
+		for _, ip := range slices.Sorted(maps.Keys(v.ips[n.Key()])) {
 			held = append(held, ipKey(n.Tenant, n.Name, ip))
+			if h, ok := reservationHost(v.ips[n.Key()][ip]); ok {
+				held = append(held, hostReservationKey(h, n.Tenant, n.Name, ip))
+			}
 		}
-		for _, base := range sortedKeys(v.blocks[n.Key()]) {
+		held = append(held, ipFullKey(n.Tenant, n.Name))
+		for _, base := range slices.Sorted(maps.Keys(v.blocks[n.Key()])) {
 			held = append(held, blockKey(n.Tenant, n.Name, base))
 		}
 		held = append(held, sortedStrings(v.dockerMaps[n.Key()])...)
@@ -483,7 +518,7 @@ func planDocument(snap *snapshot, d Document, o ApplyOptions) (*plan, error) {
 	if err := p.planNetworks(nets, kept); err != nil {
 		return nil, err
 	}
-	for _, t := range sortedKeys(wantTenants) {
+	for _, t := range slices.Sorted(maps.Keys(wantTenants)) {
 		if !v.tenants[t] {
 			p.add(p.put(nil, tenantKey(t), mustJSON(core.Tenant{Name: t})), Change{"create", "tenant", t, ""})
 		}
@@ -501,8 +536,42 @@ func planDocument(snap *snapshot, d Document, o ApplyOptions) (*plan, error) {
 		item = p.put(item, tagKey(n.Encap, n.Tag), n.Key())
 		p.add(item, Change{"create", "network", n.Key(), netDetail(n)})
 	}
+	finalNets := map[string]core.Network{}
+	for _, n := range kept {
+		finalNets[n.Key()] = n
+	}
+	for k, dn := range netByKey {
+		finalNets[k] = dn.n
+	}
+	if err := p.planPolicyPuts(dp, finalNets, eps); err != nil {
+		return nil, err
+	}
 	if err := p.planEndpoints(eps, netByKey); err != nil {
 		return nil, err
+	}
+	// Released addresses make their blocks free again, in the hint too.
+	for _, e := range delEPs {
+		if !deletedNet[e.NetworkKey()] && deletedIP[ipKey(e.Tenant, e.Network, e.IP)] {
+			p.freed(v.nets[e.NetworkKey()], e.IP)
+		}
+	}
+	for _, de := range eps {
+		if de.move {
+			p.freed(netByKey[de.e.NetworkKey()].n, de.cur.IP)
+		}
+	}
+	for _, nk := range slices.Sorted(maps.Keys(p.hintMoved)) {
+		n := v.nets[nk]
+		if dn := netByKey[nk]; dn != nil {
+			n = dn.n
+		}
+		if deletedNet[nk] {
+			continue
+		}
+		val, _ := p.hints[nk].with(nil, nil)
+		if item := p.put(nil, ipFullKey(n.Tenant, n.Name), val); len(item) > 0 {
+			p.items = append(p.items, item)
+		}
 	}
 	return &plan{batches: batch(p.items), changes: p.changes}, nil
 }
@@ -683,7 +752,7 @@ func (p *planner) planEndpoints(eps []*docEP, nets map[string]*docNet) error {
 		}
 		if !de.exists {
 			item = p.guard(item, networkKey(n.Tenant, n.Name))
-			item = p.put(item, endpointKey(e.Tenant, e.Name), mustJSON(e))
+			item = p.putEndpoint(item, nil, e)
 			item = p.put(item, ipKey(n.Tenant, n.Name, e.IP), e.Name)
 			p.add(item, Change{"create", "endpoint", e.Key(), epDetail(e)})
 			continue
@@ -692,7 +761,7 @@ func (p *planner) planEndpoints(eps []*docEP, nets map[string]*docNet) error {
 			item = p.del(item, ipKey(n.Tenant, n.Name, de.cur.IP))
 			item = p.put(item, ipKey(n.Tenant, n.Name, e.IP), e.Name)
 		}
-		item = p.put(item, endpointKey(e.Tenant, e.Name), mustJSON(e))
+		item = p.putEndpoint(item, &de.cur, e)
 		p.add(item, Change{"update", "endpoint", e.Key(), strings.Join(de.change, ", ")})
 	}
 	return nil
@@ -717,6 +786,9 @@ func (p *planner) compareEndpoint(de *docEP, cur core.Endpoint, n core.Network) 
 		if (ed.Host != "" && ed.Host != cur.Host) || (ed.Container != "" && ed.Container != cur.ContainerID && ed.Container != cur.ContainerName) ||
 			(ed.NetNS != "" && ed.NetNS != cur.NetNS) || (ed.IP != "" && !sameIP(ed.IP, cur.IP)) {
 			return fmt.Errorf("%w: endpoint %s was created by Docker: its host, IP and attachment are Docker's", core.ErrInvalid, e.Key())
+		}
+		if ed.Group != "" && ed.Group != cur.Group {
+			return fmt.Errorf("%w: endpoint %s was created by Docker: its group is Docker's (-o group=, --driver-opt group=)", core.ErrInvalid, e.Key())
 		}
 		*e = cur
 		return nil
@@ -755,6 +827,10 @@ func (p *planner) compareEndpoint(de *docEP, cur core.Endpoint, n core.Network) 
 		de.change = append(de.change, fmt.Sprintf("attach %s -> %s", attachDesc(cur), attachDesc(*e)))
 		upd.ContainerName, upd.ContainerID, upd.NetNS = e.ContainerName, e.ContainerID, e.NetNS
 	}
+	if e.Group != cur.Group {
+		de.change = append(de.change, fmt.Sprintf("group %s -> %s", orNone(cur.Group), orNone(e.Group)))
+		upd.Group = e.Group
+	}
 	*e = upd
 	return nil
 }
@@ -791,11 +867,10 @@ func (p *planner) explicitIP(n core.Network, host, ip, owner string) (string, er
 	return ip, nil
 }
 
-// autoIP picks the lowest free address of the subnet, or of the host's block
-// on a routed network.
+// autoIP allocates an address of the subnet, or of the host's block on a
+// routed network, with the allocator every other writer uses.
 func (p *planner) autoIP(n core.Network, host string) (string, error) {
-	lo, hi := core.SubnetBounds(mustCIDR(n.Subnet))
-	lo, hi = lo+1, hi-1
+	var lo, hi uint32
 	where := n.Subnet
 	if _, routed := n.HostBlockLen(); routed {
 		block, err := p.hostBlock(n, host)
@@ -803,20 +878,93 @@ func (p *planner) autoIP(n core.Network, host string) (string, error) {
 			return "", err
 		}
 		first, last := core.SubnetBounds(block)
-		lo, hi, where = max(lo, first+1), min(hi, last-1), block.String()+" (block of host "+host+")"
+		lo, hi, where = first+1, last-1, block.String()+" (block of host "+host+")"
 	}
-	used := p.used(n.Key())
-	cur := n.Key() + "|" + strconv.FormatUint(uint64(lo), 10)
-	next := max(p.nextFree[cur], lo)
-	for next <= hi && used[next] {
-		next++
+	sp := planSpace{used: p.used(n.Key()), hint: p.hint(n)}
+	a, err := allocate(context.Background(), n, lo, hi, sp, false, where)
+	if err != nil {
+		return "", err
 	}
-	if next > hi {
-		return "", fmt.Errorf("%w: network %s has no free IP left in %s", core.ErrInUse, n.Key(), where)
+	sp.used[a.addr] = true
+	if sp.hint != nil && sp.hint.apply(a.setFull, a.markFree) {
+		p.hintMoved[n.Key()] = true
 	}
-	used[next] = true
-	p.nextFree[cur] = next + 1
-	return core.IPFromUint(next).String(), nil
+	return core.IPFromUint(a.addr).String(), nil
+}
+
+// hint is the allocator's hint of n as the plan leaves it (nil: n has none).
+func (p *planner) hint(n core.Network) *hintState {
+	if !multiBlock(n) {
+		return nil
+	}
+	if h := p.hints[n.Key()]; h != nil {
+		return h
+	}
+	h := hintState{subnet: mustCIDR(n.Subnet)}
+	if kv, ok := p.snap.kvs[ipFullKey(n.Tenant, n.Name)]; ok {
+		h = decodeHint([]byte(kv.val), kv.rev, mustCIDR(n.Subnet))
+	}
+	p.hints[n.Key()] = &h
+	return &h
+}
+
+// freed notes that the plan releases ip of n.
+func (p *planner) freed(n core.Network, ip string) {
+	a := net.ParseIP(ip).To4()
+	h := p.hint(n)
+	if a == nil || h == nil {
+		return
+	}
+	if h.apply(nil, []uint32{blockOf(core.IPToUint(a))}) {
+		p.hintMoved[n.Key()] = true
+	}
+}
+
+// planSpace shows the allocator the planner's view of a network.
+type planSpace struct {
+	used map[uint32]bool
+	hint *hintState
+}
+
+func (sp planSpace) taken(context.Context, uint32) (func(uint32) bool, error) {
+	return func(a uint32) bool { return sp.used[a] }, nil
+}
+
+func (sp planSpace) full(_ context.Context, b uint32) (bool, error) {
+	return sp.hint != nil && sp.hint.isFull(b), nil
+}
+
+// putEndpoint writes e and its index copies; cur is the stored endpoint (nil: e is new).
+func (p *planner) putEndpoint(item []journalOp, cur *core.Endpoint, e core.Endpoint) []journalOp {
+	v := mustJSON(e)
+	item = p.put(item, endpointKey(e.Tenant, e.Name), v)
+	item = p.put(item, netEndpointKey(e.Tenant, e.Network, e.Name), v)
+	if e.Host != "" {
+		item = p.put(item, hostEndpointKey(e.Host, e.Tenant, e.Name), v)
+	}
+	if cur != nil && cur.Host != "" && cur.Host != e.Host {
+		item = p.del(item, hostEndpointKey(cur.Host, cur.Tenant, cur.Name))
+	}
+	if e.Group != "" {
+		item = p.put(item, groupMemberKey(e.Tenant, e.Group, e.Name), v)
+	}
+	if cur != nil && cur.Group != "" && cur.Group != e.Group {
+		item = p.del(item, groupMemberKey(cur.Tenant, cur.Group, cur.Name))
+	}
+	return item
+}
+
+// delEndpoint deletes e and its index copies.
+func (p *planner) delEndpoint(item []journalOp, e core.Endpoint) []journalOp {
+	item = p.del(item, endpointKey(e.Tenant, e.Name))
+	item = p.del(item, netEndpointKey(e.Tenant, e.Network, e.Name))
+	if e.Host != "" {
+		item = p.del(item, hostEndpointKey(e.Host, e.Tenant, e.Name))
+	}
+	if e.Group != "" {
+		item = p.del(item, groupMemberKey(e.Tenant, e.Group, e.Name))
+	}
+	return item
 }
 
 // hostBlock returns host's block of a routed network, choosing the lowest
@@ -831,7 +979,7 @@ func (p *planner) hostBlock(n core.Network, host string) (*net.IPNet, error) {
 		bs = map[string]string{}
 		p.blocks[n.Key()] = bs
 	}
-	for _, base := range sortedKeys(bs) {
+	for _, base := range slices.Sorted(maps.Keys(bs)) {
 		if bs[base] == host {
 			return &net.IPNet{IP: net.ParseIP(base).To4(), Mask: net.CIDRMask(blen, 32)}, nil
 		}
@@ -999,15 +1147,6 @@ func orNone(s string) string {
 		return "(none)"
 	}
 	return s
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 func sortedStrings(in []string) []string {

@@ -56,6 +56,7 @@ func fuzzBase(t testing.TB) *snapshot {
 		Subnet: "10.20.0.0/24", Gateway: "10.20.0.1", CreatedBy: "docker"}
 	de := core.Endpoint{Tenant: "default", Network: dn.Name, Name: "c1", IP: "10.20.0.2", MAC: "02:00:00:00:00:09", Host: "h1",
 		NetNS: "/var/run/docker/netns/abc", DockerEndpoint: "e0"}
+	held := heldValue("h1", "e9")
 	for k, v := range map[string]string{
 		networkKey(dn.Tenant, dn.Name):                    mustJSON(dn),
 		tagKey("vlan", 7):                                 dn.Key(),
@@ -66,7 +67,7 @@ func fuzzBase(t testing.TB) *snapshot {
 		userKey(dn.Tenant, dn.Name, "h1", "d0c000000001"): mustJSON(networkUser{Aux: []string{"10.20.0.4"}}),
 		ipKey(dn.Tenant, dn.Name, "10.20.0.4"):            auxValue,
 		userKey("default", "web", "h1", "d0c000000002"):   "{}",
-		ipKey("default", "web", "10.5.0.202"):             heldValue("h1", "e9"),
+		ipKey("default", "web", "10.5.0.202"):             held,
 		ipKey("default", "web", "10.5.0.200"):             "pending:h1:2",
 		dockerKey("h1", "d0c000000002"):                   mustJSON(DockerNetwork{Host: "h1", ID: "d0c000000002", Tenant: "default", Network: "web"}),
 		endpointKey("default", "dweb"):                    mustJSON(core.Endpoint{Tenant: "default", Network: "web", Name: "dweb", IP: "10.5.0.201", MAC: "02:00:00:00:00:0a", Host: "h1", DockerEndpoint: "e1"}),
@@ -76,8 +77,17 @@ func fuzzBase(t testing.TB) *snapshot {
 		tagKey("vlan", 8):                                 "blue/docker-d0c000000003",
 		blockKey("default", "r", "10.8.0.32"):             "h3",
 		ipKey("default", "r", "10.8.0.33"):                "pending:h3:1",
-		networkKey("default", "empty"):                    mustJSON(core.Network{Tenant: "default", Name: "empty", Driver: "macvlan", Encap: "vlan", Tag: 9, Subnet: "10.30.0.0/24", Options: map[string]string{"parent": "eth1"}}),
-		tagKey("vlan", 9):                                 "default/empty",
+		// The index copies every writer keeps with the records above.
+		netEndpointKey(de.Tenant, de.Network, de.Name):            mustJSON(de),
+		hostEndpointKey(de.Host, de.Tenant, de.Name):              mustJSON(de),
+		netEndpointKey("default", "web", "dweb"):                  mustJSON(core.Endpoint{Tenant: "default", Network: "web", Name: "dweb", IP: "10.5.0.201", MAC: "02:00:00:00:00:0a", Host: "h1", DockerEndpoint: "e1"}),
+		hostEndpointKey("h1", "default", "dweb"):                  mustJSON(core.Endpoint{Tenant: "default", Network: "web", Name: "dweb", IP: "10.5.0.201", MAC: "02:00:00:00:00:0a", Host: "h1", DockerEndpoint: "e1"}),
+		hostReservationKey("h1", dn.Tenant, dn.Name, "10.20.0.3"): "pending:h1:1",
+		hostReservationKey("h1", "default", "web", "10.5.0.202"):  held,
+		hostReservationKey("h1", "default", "web", "10.5.0.200"):  "pending:h1:2",
+		hostReservationKey("h3", "default", "r", "10.8.0.33"):     "pending:h3:1",
+		networkKey("default", "empty"):                            mustJSON(core.Network{Tenant: "default", Name: "empty", Driver: "macvlan", Encap: "vlan", Tag: 9, Subnet: "10.30.0.0/24", Options: map[string]string{"parent": "eth1"}}),
+		tagKey("vlan", 9):                                         "default/empty",
 	} {
 		snap.kvs[k] = snapKV{val: v, rev: 2}
 	}
@@ -171,9 +181,17 @@ func checkReplay(t *testing.T, snap *snapshot, batches [][]journalOp) {
 	}
 }
 
-// checkStore checks that nothing is allocated twice or leaked.
+// checkStore checks that nothing is allocated twice or leaked, and that the
+// index copies and the allocator's hint are as the records say.
 func checkStore(t *testing.T, snap *snapshot) {
 	t.Helper()
+	kvs := map[string]string{}
+	for k, kv := range snap.kvs {
+		kvs[k] = kv.val
+	}
+	if p := storeProblems(kvs); len(p) > 0 {
+		t.Fatalf("the plan left a store whose indexes disagree:\n%s", strings.Join(p, "\n"))
+	}
 	v, err := decodeSnapshot(snap)
 	if err != nil {
 		t.Fatalf("the plan left an undecodable store: %v", err)

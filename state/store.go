@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -212,7 +213,8 @@ func (s *Store) CreateTenant(ctx context.Context, name string) error {
 
 // DeleteTenant removes a tenant that has no networks.
 func (s *Store) DeleteTenant(ctx context.Context, name string) error {
-	r, err := s.txn(ctx, []clientv3.Cmp{exists(tenantKey(name)), emptyPrefix(networksOf(name))},
+	r, err := s.txn(ctx, []clientv3.Cmp{exists(tenantKey(name)), emptyPrefix(networksOf(name)),
+		emptyPrefix(policiesOf(name)), emptyPrefix(profilesOf(name))},
 		clientv3.OpDelete(tenantKey(name)))
 	if err != nil {
 		return err
@@ -225,12 +227,32 @@ func (s *Store) DeleteTenant(ctx context.Context, name string) error {
 	} else if !ok {
 		return fmt.Errorf("%w: tenant %q", core.ErrNotFound, name)
 	}
-	return fmt.Errorf("%w: tenant %q still has networks; delete them first", core.ErrInUse, name)
+	return fmt.Errorf("%w: tenant %q still has networks, policies or netprofiles; delete them first", core.ErrInUse, name)
 }
 
 // Tenants lists tenants by name.
 func (s *Store) Tenants(ctx context.Context) ([]core.Tenant, error) {
 	return list[core.Tenant](ctx, s, tenantPrefix)
+}
+
+// Tenant reads one tenant: a list of it, empty for the default tenant that
+// was never written.
+func (s *Store) Tenant(ctx context.Context, name string) ([]core.Tenant, error) {
+	r, err := s.get(ctx, tenantKey(name))
+	if err != nil {
+		return nil, err
+	}
+	if len(r.Kvs) == 0 {
+		if name == core.DefaultTenant {
+			return []core.Tenant{}, nil
+		}
+		return nil, fmt.Errorf("%w: unknown tenant %q", core.ErrNotFound, name)
+	}
+	var t core.Tenant
+	if err := json.Unmarshal(r.Kvs[0].Value, &t); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", r.Kvs[0].Key, err)
+	}
+	return []core.Tenant{t}, nil
 }
 
 func (s *Store) has(ctx context.Context, key string) (bool, error) {
@@ -257,18 +279,126 @@ func (s *Store) tenantExists(ctx context.Context, t string) error {
 	return nil
 }
 
+// pageSize bounds one read of a listing: a long list is read in pages, all at
+// the first page's revision, never in one unbounded request.
+const pageSize = 500
+
+// pages calls fn with every key under prefix, in key order, page by page.
+func (s *Store) pages(ctx context.Context, prefix string, fn func(*mvccpb.KeyValue) error, opts ...clientv3.OpOption) error {
+	from, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
+	var rev int64
+	for {
+		o := append([]clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(pageSize),
+			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)}, opts...)
+		if rev != 0 {
+			o = append(o, clientv3.WithRev(rev))
+		}
+		r, err := s.get(ctx, from, o...)
+		if err != nil {
+			return err
+		}
+		rev = r.Header.Revision
+		for _, kv := range r.Kvs {
+			if err := fn(kv); err != nil {
+				return err
+			}
+		}
+		if !r.More || len(r.Kvs) == 0 {
+			return nil
+		}
+		from = string(r.Kvs[len(r.Kvs)-1].Key) + "\x00"
+	}
+}
+
 func list[T any](ctx context.Context, s *Store, prefix string) ([]T, error) {
-	r, err := s.get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	var out []T
+	err := s.pages(ctx, prefix, func(kv *mvccpb.KeyValue) error {
+		var v T
+		if err := json.Unmarshal(kv.Value, &v); err != nil {
+			return fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		out = append(out, v)
+		return nil
+	})
+	if out == nil {
+		out = []T{}
+	}
+	return out, err
+}
+
+// counts returns how many keys lie under each prefix: one count-only read
+// per prefix, batched.
+func (s *Store) counts(ctx context.Context, prefixes []string) ([]int64, error) {
+	out := make([]int64, 0, len(prefixes))
+	for len(prefixes) > 0 {
+		n := min(len(prefixes), maxTxnOps)
+		gets := make([]clientv3.Op, n)
+		for i, p := range prefixes[:n] {
+			gets[i] = clientv3.OpGet(p, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		}
+		octx, cancel := s.op(ctx)
+		r, err := s.cli.Txn(octx).Then(gets...).Commit()
+		cancel()
+		if err != nil {
+			return nil, wrapErr(err)
+		}
+		for _, resp := range r.Responses {
+			out = append(out, resp.GetResponseRange().Count)
+		}
+		prefixes = prefixes[n:]
+	}
+	return out, nil
+}
+
+// TenantsWith returns the tenants that have a network (kind "network") or an
+// endpoint (kind "endpoint") called name: the default tenant is asked first,
+// and only when it has none, every tenant, one key each in one request.
+func (s *Store) TenantsWith(ctx context.Context, kind, name string) ([]string, error) {
+	key := networkKey
+	if kind == "endpoint" {
+		key = endpointKey
+	}
+	if ok, err := s.has(ctx, key(core.DefaultTenant, name)); err != nil || ok {
+		return []string{core.DefaultTenant}, err
+	}
+	ts, err := s.Tenants(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]T, 0, len(r.Kvs))
-	for _, kv := range r.Kvs {
-		var v T
-		if err := json.Unmarshal(kv.Value, &v); err != nil {
-			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+	var keys, names []string
+	for _, t := range ts {
+		if t.Name != core.DefaultTenant {
+			keys, names = append(keys, key(t.Name, name)), append(names, t.Name)
 		}
-		out = append(out, v)
+	}
+	n, err := s.counts(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for i, c := range n {
+		if c > 0 {
+			out = append(out, names[i])
+		}
+	}
+	return out, nil
+}
+
+// EndpointCounts returns how many endpoints each network (tenant/name) has,
+// from the networks' indexes: one count-only read each, batched.
+func (s *Store) EndpointCounts(ctx context.Context, netKeys ...string) (map[string]int, error) {
+	prefixes := make([]string, len(netKeys))
+	for i, nk := range netKeys {
+		t, n, _ := strings.Cut(nk, "/")
+		prefixes[i] = netEndpointsOf(t, n)
+	}
+	c, err := s.counts(ctx, prefixes)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int, len(netKeys))
+	for i, nk := range netKeys {
+		out[nk] = int(c[i])
 	}
 	return out, nil
 }

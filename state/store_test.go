@@ -235,19 +235,8 @@ func TestConcurrentIPAllocation(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	eps, err := s.Endpoints(ctx, "default", "n")
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]string{}
-	for _, ep := range eps {
-		if other, ok := seen[ep.IP]; ok {
-			t.Fatalf("IP %s given to %s and %s", ep.IP, other, ep.Name)
-		}
-		seen[ep.IP] = ep.Name
-	}
-	if len(seen) != 400 {
-		t.Fatalf("%d distinct IPs, want 400", len(seen))
+	if eps := distinctIPs(t, s, "default", "n"); len(eps) != 400 {
+		t.Fatalf("%d distinct IPs, want 400", len(eps))
 	}
 }
 

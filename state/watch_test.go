@@ -3,6 +3,7 @@ package state_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -57,5 +58,59 @@ func TestWatchFromCompactedRevisionListsAgain(t *testing.T) {
 	}
 	if kvs, _ := c.Snapshot(); string(kvs["/p/e"]) != "e" {
 		t.Fatalf("watch missed /p/e: %v", kvs)
+	}
+}
+
+// TestWatchCatchUpIsAtItsEvents: a watch that starts behind the store gets
+// its history in batches whose header is the store's current revision, ahead
+// of the events they carry. The mirror is at the last event it applied, so a
+// writer waiting for its revision sees its own write in the mirror, not only
+// the first batch.
+func TestWatchCatchUpIsAtItsEvents(t *testing.T) {
+	s, _ := etcdtest.Store(t)
+	cli := s.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	start, err := cli.Get(ctx, "/c/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3000 // three catch-up batches of 1000 revisions
+	var last int64
+	for i := 0; i < n; i++ {
+		r, err := cli.Put(ctx, fmt.Sprintf("/c/%04d", i), "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = r.Header.Revision
+	}
+	c := state.NewCache(cli, "/c/", func() {}, etcdtest.Log(t))
+	go func() { _ = c.WatchFrom(ctx, start.Header.Revision+1) }()
+	if err := c.WaitRev(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	if kvs, rev := c.Snapshot(); len(kvs) != n {
+		t.Fatalf("mirror at revision %d (waited for %d) holds %d of %d keys", rev, last, len(kvs), n)
+	}
+}
+
+// TestWaitRevForAWriteElsewhere: a revision no event of the range carries
+// (a write under another prefix) is confirmed by a progress request.
+func TestWaitRevForAWriteElsewhere(t *testing.T) {
+	s, _ := etcdtest.Store(t)
+	cli := s.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := state.NewCache(cli, "/w/", func() {}, etcdtest.Log(t))
+	go c.Run(ctx)
+	<-c.Ready()
+	r, err := cli.Put(ctx, "/elsewhere", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	if err := c.WaitRev(wctx, r.Header.Revision); err != nil {
+		t.Fatal(err)
 	}
 }

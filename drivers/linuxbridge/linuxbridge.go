@@ -70,8 +70,9 @@ type Driver struct {
 	//   host veth: netplugin:lbep@<host>:<fingerprint>:<bridge>:<tenant/ep>
 	//   VXLAN:     netplugin:lbvx@<host>:<vni>:<tenant/net>
 	//   802.1Q:    netplugin:lbvlan@<host>:<uplink>:<vlan>:<tenant/net>
-	kindNet, kindEP, kindVX, kindVLAN string
-	host                              string
+	//   ifb:       netplugin:lbifb@<host>:<tenant/ep> (a profile's outbound shaper)
+	kindNet, kindEP, kindVX, kindVLAN, kindIFB string
+	host                                       string
 	// sysctlRoot is /proc/sys; a field so that the isolation sysctl is visible in one place.
 	sysctlRoot string
 	// names serialises picking and creating an ethN per container namespace.
@@ -85,6 +86,9 @@ type Driver struct {
 	// mtus caches the container MTU of each network as its last
 	// EnsureNetwork found it, so that EnsureEndpoint needs no address dump.
 	mtus map[string]int
+
+	// pol is the policy state (policy.go).
+	pol *policyState
 }
 
 var (
@@ -100,7 +104,7 @@ func New(log *logrus.Entry, cfg Config) (*Driver, error) {
 	owner := strings.ReplaceAll(cfg.Host, ":", "_")
 	d := &Driver{log: log.WithField("driver", Name), cfg: cfg, sysctlRoot: "/proc/sys",
 		kindNet: "lbnet@" + owner, kindEP: "lbep@" + owner, kindVX: "lbvx@" + owner, kindVLAN: "lbvlan@" + owner,
-		host: cfg.Host, mtus: map[string]int{}}
+		kindIFB: "lbifb@" + owner, host: cfg.Host, mtus: map[string]int{}, pol: newPolicyState(cfg.Host)}
 	if cfg.VTEP != "" {
 		if d.vtep = net.ParseIP(cfg.VTEP).To4(); d.vtep == nil {
 			return nil, fmt.Errorf("linuxbridge: %w: VTEP %q is not an IPv4 address", core.ErrInvalid, cfg.VTEP)
@@ -182,7 +186,7 @@ func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
 
 // setGateway puts exactly the gateway address on the bridge.
 func (d *Driver) setGateway(link netlink.Link, n core.NetworkSpec) error {
-	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	addrs, err := nl.AddrList(nil, link, netlink.FAMILY_V4)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 	}
@@ -255,6 +259,10 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 	} else if !nl.IsNotFound(err) {
 		return obs, fmt.Errorf("look up %s: %w", hostName, err)
 	}
+	// A new link of a group passes nothing until its policy is in.
+	if err := d.holdUntilPolicy(ctx, ep); err != nil {
+		return obs, err
+	}
 
 	h, ns, err := nl.InNS(ep.NetNSPath)
 	if err != nil {
@@ -321,6 +329,9 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 			return obs, fmt.Errorf("ARP retry of %s in %s: %w", ifName, ep.NetNSPath, err)
 		}
 	}
+	if err := d.qosFor(ep.Key()); err != nil {
+		return obs, err
+	}
 	ok = true
 	obs.IfIndex, obs.Healthy = host.Attrs().Index, true
 	d.log.WithFields(logrus.Fields{"ep": ep.Key(), "link": hostName, "ifname": ifName, "ip": ep.IP}).Debug("endpoint plugged")
@@ -350,6 +361,9 @@ func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (stri
 	if err != nil {
 		return "", fmt.Errorf("bridge %s of network %s: %w", brName, ep.Net.Key(), err)
 	}
+	if err := d.holdUntilPolicy(ctx, ep); err != nil {
+		return "", err
+	}
 	mac, err := net.ParseMAC(ep.MAC)
 	if err != nil {
 		return "", fmt.Errorf("MAC of %s: %w", ep.Key(), err)
@@ -374,9 +388,13 @@ func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (stri
 	return peerName, nil
 }
 
-// RemoveEndpoint deletes the host end of the veth; the kernel removes the peer.
+// RemoveEndpoint deletes the host end of the veth (the kernel removes the
+// peer, and the link's qdiscs) and the ifb of its profile.
 func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) error {
-	return deleteOurs(core.HostIfName(o.Key), d.kindEP, 3)
+	if err := deleteOurs(core.HostIfName(o.Key), d.kindEP, 3); err != nil {
+		return err
+	}
+	return deleteOurs(IFBName(d.host, o.Key), d.kindIFB, 1)
 }
 
 func deleteOurs(name, kind string, fields int) error {

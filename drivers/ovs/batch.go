@@ -22,6 +22,10 @@ type portReq struct {
 	insert bool
 	tag    int
 	ext    map[string]string
+	// ofport, if set, is the OpenFlow port number to request (policy flows
+	// name the port by it before it exists); qos, if set, the port's QoS.
+	ofport int
+	qos    ovsdb.UUID
 
 	err  error
 	done chan struct{} // closed when err is final

@@ -108,18 +108,32 @@ func (d *Driver) EnsureEndpoint(ctx context.Context, ep core.EndpointSpec) (core
 			return obs, fmt.Errorf("remove outdated %s: %w", name, err)
 		}
 	}
+	// A new port of a group passes nothing until its policy is in.
+	ofport, err := d.holdUntilPolicy(ctx, ep)
+	if err != nil {
+		return obs, err
+	}
+	qos, err := d.noopQoS(ctx)
+	if err != nil {
+		return obs, err
+	}
 	link, err = d.createVeth(ep, name, mac, prefix)
 	if err != nil {
 		return obs, err
 	}
-	req := &portReq{name: name, insert: true, tag: vlan, ext: ext}
+	req := &portReq{name: name, insert: true, tag: vlan, ext: ext, ofport: ofport, qos: qos}
 	if cur.port != nil {
 		req.drop = cur.port.uuid // stale row of the old link: replace it
 	}
 	if err := d.batch.do(ctx, req); err != nil {
-		// Leave nothing half-made behind; the next Ensure starts afresh.
+		// Leave nothing half-made behind; the next Ensure starts afresh
+		// (and looks for the QoS row again, in case it is what went).
 		_ = d.host.LinkDel(link)
+		d.forgetQoS()
 		return obs, fmt.Errorf("add port %s for %s: %w", name, key, err)
+	}
+	if err := d.qosFor(ep, link); err != nil {
+		return obs, fmt.Errorf("shape %s: %w", key, err)
 	}
 	obs.IfIndex = link.Attrs().Index
 	// Committed and up; vswitchd attaches it asynchronously, and Observe
@@ -141,7 +155,11 @@ func (d *Driver) repair(ctx context.Context, obs core.ObservedEndpoint, link net
 	obs.IfIndex = link.Attrs().Index
 	switch {
 	case cur.port == nil || cur.ofport < 0 || cur.port.ext[extFP] != obs.Fingerprint:
-		req := &portReq{name: name, insert: true, tag: vlan, ext: ext}
+		qos, err := d.noopQoS(ctx)
+		if err != nil {
+			return obs, err
+		}
+		req := &portReq{name: name, insert: true, tag: vlan, ext: ext, ofport: d.policyPort(obs.Key), qos: qos}
 		if cur.port != nil {
 			req.drop = cur.port.uuid
 		}
@@ -218,9 +236,33 @@ func (d *Driver) createVeth(ep core.EndpointSpec, name string, mac net.HardwareA
 			return nil, fmt.Errorf("set %s up: %w", name, err)
 		}
 	}
+	if d.cfg.DatapathType == "netdev" {
+		// vswitchd reloads its routes on every link event of the host, and a
+		// tunnel packet translated while a port's revalidation runs in that
+		// window is handed to the kernel, not decapsulated (lost): see the
+		// README's OVS notes. So the host end has no IPv6 link-local address
+		// (each is a route to reload and a tunnel address to listen on), and
+		// is promiscuous already when vswitchd opens it, which it makes so:
+		// then the kernel says nothing.
+		if err := d.host.LinkSetIP6AddrGenMode(link, in6AddrGenModeNone); err != nil {
+			return nil, fmt.Errorf("no IPv6 address on %s: %w", name, err)
+		}
+		if link.Attrs().Promisc == 0 {
+			if err := d.host.SetPromiscOn(link); err != nil {
+				return nil, fmt.Errorf("set %s promiscuous: %w", name, err)
+			}
+		}
+	}
 	peer, err := h.LinkByName(peerName)
 	if err != nil {
 		return nil, fmt.Errorf("find %s in %s: %w", peerName, ep.NetNSPath, err)
+	}
+	if d.cfg.DatapathType == "netdev" {
+		// The userspace datapath forwards (and its conntrack checks) the
+		// packets as the container sent them: their checksums must be done.
+		if err := nl.SetTxChecksum(ns, peerName, false); err != nil {
+			return nil, fmt.Errorf("container end %s of %s: %w", peerName, ep.Key(), err)
+		}
 	}
 	if err := nl.ConfigureIf(h, peer, nl.ContainerIf{IP: ep.IP, Prefix: prefix, Gateway: ep.Net.Gateway}); err != nil {
 		return nil, fmt.Errorf("configure %s in %s: %w", peerName, ep.NetNSPath, err)
@@ -228,6 +270,9 @@ func (d *Driver) createVeth(ep core.EndpointSpec, name string, mac net.HardwareA
 	ok = true
 	return link, nil
 }
+
+// in6AddrGenModeNone is IN6_ADDR_GEN_MODE_NONE of linux/if_link.h.
+const in6AddrGenModeNone = 1
 
 // addVeth creates the pair, its peer named the lowest free ethN of the
 // container's namespace (nl.Locks.AddNamed: two endpoints of one container
@@ -258,8 +303,8 @@ func (d *Driver) addVeth(h *netlink.Handle, ns netns.NsHandle, ep core.EndpointS
 	return peerName, nil
 }
 
-// RemoveEndpoint deletes the port, then the host end of the veth (the kernel
-// removes the container end with it). Either one not being ours is an error
+// RemoveEndpoint deletes the host end of the veth (the kernel removes the
+// container end with it), then the port. Either one not being ours is an error
 // and neither is touched.
 func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) error {
 	name := core.HostIfName(o.Key)
@@ -284,14 +329,20 @@ func (d *Driver) RemoveEndpoint(ctx context.Context, o core.ObservedEndpoint) er
 			return fmt.Errorf("%w: link %s is not netplugin's; not touching it", core.ErrInUse, name)
 		}
 	}
-	if cur.port != nil {
-		if err := d.batch.do(ctx, &portReq{name: name, drop: cur.port.uuid}); err != nil {
-			return fmt.Errorf("remove port %s: %w", name, err)
-		}
-	}
+	// The link goes first. Its deletion makes vswitchd reload its routes; a
+	// port removal makes it revalidate every datapath flow. Together, a
+	// tunnel packet translated while the routes reload is handed to the
+	// kernel instead of decapsulated (lost), so the two must not coincide:
+	// the route reload follows the link event at once, while the port's
+	// removal comes with our transaction after it (see EnsureEndpoint).
 	if link != nil {
 		if err := d.host.LinkDel(link); err != nil && !nl.IsNotFound(err) {
 			return fmt.Errorf("delete %s: %w", name, err)
+		}
+	}
+	if cur.port != nil {
+		if err := d.batch.do(ctx, &portReq{name: name, drop: cur.port.uuid}); err != nil {
+			return fmt.Errorf("remove port %s: %w", name, err)
 		}
 	}
 	return nil
@@ -329,7 +380,15 @@ func (d *Driver) transactPorts(ctx context.Context, reqs []*portReq) error {
 			drop = append(drop, r.drop)
 		}
 		if r.insert {
-			add = append(add, t.port(r.name, r.ext, ovsdb.Row{"tag": r.tag}, nil))
+			var iface ovsdb.Row
+			if r.ofport > 0 {
+				iface = ovsdb.Row{"ofport_request": r.ofport}
+			}
+			row := ovsdb.Row{"tag": r.tag}
+			if r.qos != "" {
+				row["qos"] = r.qos
+			}
+			add = append(add, t.port(r.name, r.ext, row, iface))
 		}
 	}
 	if len(drop) > 0 {

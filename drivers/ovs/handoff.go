@@ -112,7 +112,17 @@ func (d *Driver) PrepareHandOff(ctx context.Context, ep core.EndpointSpec) (stri
 			return "", fmt.Errorf("set %s up: %w", name, err)
 		}
 	}
-	req := &portReq{name: name, insert: true, tag: vlan, ext: ext}
+	// As in EnsureEndpoint: a new port of a group passes nothing until its
+	// policy is in, and vswitchd leaves its qdiscs to us.
+	ofport, err := d.holdUntilPolicy(ctx, ep)
+	if err != nil {
+		return "", err
+	}
+	qos, err := d.noopQoS(ctx)
+	if err != nil {
+		return "", err
+	}
+	req := &portReq{name: name, insert: true, tag: vlan, ext: ext, ofport: ofport, qos: qos}
 	if cur.port != nil {
 		req.drop = cur.port.uuid // the row of the old link: replace it
 	}

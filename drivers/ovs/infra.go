@@ -427,7 +427,10 @@ func (d *Driver) teardown(ctx context.Context, st *infraState) error {
 		}
 		// Dropping the references is enough: OVSDB garbage-collects the
 		// bridges with their ports and interfaces, and vswitchd their flows.
-		ops = []ovsdb.Operation{ovsdb.Mutate("Open_vSwitch", nil, ovsdb.Mut("bridges", "delete", del))}
+		// Our QoS row is a root row: it goes explicitly (see qos.go).
+		ops = []ovsdb.Operation{ovsdb.Mutate("Open_vSwitch", nil, ovsdb.Mut("bridges", "delete", del)),
+			ovsdb.Delete("QoS", ovsdb.Includes("external_ids", ovsdb.StringMap(d.marks(roleQoS))))}
+		d.forgetQoS()
 	}
 	if len(ops) == 0 {
 		return nil

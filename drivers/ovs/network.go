@@ -59,6 +59,9 @@ func (d *Driver) EnsureNetwork(ctx context.Context, n core.NetworkSpec) error {
 	if err != nil {
 		return fmt.Errorf("ensure network %s: %w", n.Key(), err)
 	}
+	if err := d.reapplyPolicy(ctx); err != nil {
+		return fmt.Errorf("ensure network %s: policy: %w", n.Key(), err)
+	}
 	if n.Encap == core.EncapVXLAN && !d.tunnels() {
 		d.log.WithField("net", n.Key()).Warn("VXLAN network on a host without VTEP: it stays local to this host")
 	}

@@ -138,6 +138,11 @@ type Config struct {
 	HostNetNS string
 	// Ofctl is the ovs-ofctl binary; default found in PATH or sbin.
 	Ofctl string
+	// VswitchdCtl is ovs-vswitchd's control socket, which policy updates
+	// use to flush connections from the userspace datapath's conntrack;
+	// default RunDir/ovs-vswitchd.ctl if it exists, else Debian's
+	// RunDir/ovs-vswitchd.<pid>.ctl.
+	VswitchdCtl string
 	// Timeout bounds every OVSDB call, ovs-ofctl run and wait for vswitchd.
 	Timeout time.Duration
 	// BatchWindow is how long a batch of port changes collects companions
@@ -193,6 +198,10 @@ type Driver struct {
 	// otherwise race for the same name.
 	nsLocks nl.Locks
 	batch   *batcher
+
+	// pol is the policy state (policy.go), qos our linux-noop QoS row (qos.go).
+	pol *policyState
+	qos noopQoS
 }
 
 var (
@@ -211,7 +220,7 @@ func New(ctx context.Context, cfg Config, log *logrus.Entry) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{cfg: cfg, log: log.WithFields(logrus.Fields{"driver": Name, "bridge": cfg.Bridge}),
-		nets: map[string]netRecord{}}
+		nets: map[string]netRecord{}, pol: newPolicyState(cfg.Host)}
 	d.db = ovsdb.NewReconnecting(cfg.OVSDB, d.log, nil)
 	d.batch = &batcher{window: cfg.BatchWindow, max: cfg.MaxBatch, timeout: cfg.Timeout, commit: d.commitPorts}
 	path := cfg.HostNetNS

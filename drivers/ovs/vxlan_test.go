@@ -30,6 +30,7 @@ func vxlanPair(t *testing.T) (ha, hb *host) {
 		nstest.Exec(t, sw, "ip", "link", "set", peer, "master", "br0", "up")
 		h.vsctl(t, "add-br", "br-phy", "--", "set", "Bridge", "br-phy", "datapath_type=netdev", "--", "add-port", "br-phy", "ul0")
 		h.sh(t, "ip", "link", "set", "ul0", "up")
+		h.sh(t, "sysctl", "-qw", "net.ipv4.conf.ul0.arp_ignore=1") // as scripts/provision/ovs.sh
 		h.sh(t, "ip", "addr", "add", h.cfg.VTEP+"/24", "dev", "br-phy")
 		h.sh(t, "ip", "link", "set", "br-phy", "up")
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/netplugin/netplugin/internal/nl"
 )
 
 // RequireRoot skips tests that need CAP_NET_ADMIN.
@@ -105,7 +107,9 @@ func Links(t testing.TB) map[string]bool {
 // what one test's agent made, whatever other tests run beside it.
 func MarkedLinks(t testing.TB, host string) []string {
 	t.Helper()
-	links, err := netlink.LinkList()
+	// Retried when the dump is interrupted: parallel test packages make and
+	// remove links all the time.
+	links, err := nl.LinkList(nil)
 	if err != nil {
 		t.Fatalf("list links: %v", err)
 	}

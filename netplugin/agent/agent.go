@@ -1,7 +1,9 @@
-// Package agent is the per-host loop of netplugin: it mirrors the desired state
-// from etcd, asks each driver what the host has, reconciles the two with the pure
-// core.Reconcile, applies the plan and writes what it observed back under the
-// host's lease.
+// Package agent is the per-host loop of netplugin: it mirrors the part of the
+// desired state its host needs (state.HostView: its own endpoints, and for
+// the networks they are on, those networks and what their other hosts
+// publish), asks each driver what the host has, reconciles the two with the
+// pure core.Reconcile, applies the plan and writes what it observed back
+// under the host's lease, with the networks it serves for the other hosts.
 package agent
 
 import (
@@ -10,12 +12,14 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/netplugin/netplugin/internal/backoff"
 	"github.com/netplugin/netplugin/internal/nl"
 	"github.com/netplugin/netplugin/internal/routes"
 
@@ -30,12 +34,21 @@ type ContainerResolver interface {
 	NetNSPath(ctx context.Context, idOrName string) (string, error)
 }
 
+// Store is what the agent needs of etcd: the store's identity, its host's
+// session, and its host's scoped view. *state.Store implements it.
+type Store interface {
+	ClusterID(ctx context.Context) (string, error)
+	ReadClusterID(ctx context.Context) (string, error)
+	Register(ctx context.Context, info core.HostInfo, ttl int, prev int64) (*state.HostSession, error)
+	WatchHost(host string, poke func()) *state.HostView
+}
+
 // Config wires an agent.
 type Config struct {
 	Host       string
 	VTEP       string // this host's underlay address, published for peers
 	RouteNetNS string // namespace to install routes to other hosts' blocks in; "": the agent's
-	Store      *state.Store
+	Store      Store
 	Drivers    map[string]core.Driver
 	Containers ContainerResolver // nil: endpoints attached to containers report an error
 	Resync     time.Duration     // full resync period; events only make it sooner
@@ -58,9 +71,7 @@ type Agent struct {
 	cfg     Config
 	log     *logrus.Entry
 	trigger chan struct{}
-	cache   *state.Cache // desired state
-	hosts   *state.Cache // live hosts, for drivers that connect hosts
-	blocks  *state.Cache // hosts' blocks of routed networks
+	view    *state.HostView
 	routes  *routes.Syncer
 	// routed: routes were installed, so an empty desired set must be applied too.
 	routed bool
@@ -70,21 +81,44 @@ type Agent struct {
 	graceTimer *time.Timer
 
 	// written is the status last written per endpoint key, so unchanged status
-	// costs no etcd write.
+	// costs no etcd write; published the networks this host last said it serves.
 	written map[string]core.EndpointStatus
-	// resolved caches container -> namespace; revalidated by stat on every use.
-	resolved map[string]resolvedNS
+	// inherited are endpoints whose status a predecessor left under the
+	// lease this agent took over and no pass has rewritten yet: they are
+	// this agent's to delete when it no longer has them (an endpoint detached
+	// or deleted while no agent ran, or between the takeover and the first
+	// pass), or the key would say "up" for as long as the lease lives.
+	inherited map[string]bool
+	published map[string]bool
+	info      core.HostInfo // as registered, published per served network
+	// badSeen are the bad keys already logged, by key and error.
+	badSeen map[string]string
+	// resolved caches container (or "netns:"+path) -> namespace; revalidated
+	// by stat on every use, forgotten when a pass does not use it.
+	resolved     map[string]resolvedNS
+	resolvedUsed map[string]bool
 	// hostNS are the namespaces never to plug a container into: the agent's
 	// own and the machine's (PID 1's), as device:inode.
 	hostNS []string
 
-	// syncMu serialises syncs with Exclusive callers (the Docker plugin), which
-	// program links the agent must not see half-made.
+	// runMu serialises syncs. syncMu keeps Exclusive callers (the Docker
+	// plugin), which program links the agent must not see half-made, apart
+	// from the part of a sync that programs the host: no etcd or Docker round
+	// trip happens under it. minRev is the revision the mirror must have
+	// reached before a sync programs anything (the last Exclusive write).
+	runMu  sync.Mutex
 	syncMu sync.Mutex
+	minRev atomic.Int64
+	// applied are the endpoints the last applied pass wanted or held; a pass
+	// that wants fewer, or the first, first asks etcd itself for its cluster
+	// ID (see confirmCluster).
+	applied map[string]bool
 
 	clusterID     string       // of the store this host is programmed from
 	problem       atomic.Value // string: why the agent holds back, for /healthz
 	etcdDownSince atomic.Int64 // unix nanos of the first failed etcd request of an outage; 0: up
+
+	pol policyState // see policy.go; used by SyncOnce only
 
 	lastGood atomic.Int64 // unix nanos of the last successful sync
 	synced   atomic.Int64 // number of completed syncs, for tests
@@ -107,15 +141,14 @@ func New(cfg Config) *Agent {
 		cfg.Metrics = NewMetrics()
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log.WithField("host", cfg.Host), trigger: make(chan struct{}, 1),
-		written: map[string]core.EndpointStatus{}, resolved: map[string]resolvedNS{}}
+		written: map[string]core.EndpointStatus{}, inherited: map[string]bool{}, published: map[string]bool{}, badSeen: map[string]string{},
+		resolved: map[string]resolvedNS{}, pol: policyState{gen: map[string]int64{}, errs: map[string][]string{}}}
 	for _, p := range []string{"/proc/self/ns/net", "/proc/1/ns/net"} {
 		if id, err := nl.NetNSID(p); err == nil {
 			a.hostNS = append(a.hostNS, id)
 		}
 	}
-	a.cache = state.NewCache(cfg.Store.Client(), state.ConfigPrefix, a.Poke, a.log)
-	a.hosts = state.NewCache(cfg.Store.Client(), state.HostPrefix, a.Poke, a.log)
-	a.blocks = state.NewCache(cfg.Store.Client(), state.BlockPrefix, a.Poke, a.log)
+	a.view = cfg.Store.WatchHost(cfg.Host, a.Poke)
 	return a
 }
 
@@ -162,6 +195,9 @@ func (a *Agent) etcdUp(up bool) {
 // Syncs returns how many syncs completed.
 func (a *Agent) Syncs() int64 { return a.synced.Load() }
 
+// WatchEvents counts the watch events the agent's mirror received.
+func (a *Agent) WatchEvents() int64 { return a.view.Events() }
+
 // Run reconciles until ctx ends. It keeps retrying when etcd is unreachable.
 // It returns an error only when this agent must not run: its host label is
 // held by another agent.
@@ -172,9 +208,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	go a.cache.Run(ctx)
-	go a.hosts.Run(ctx)
-	go a.blocks.Run(ctx)
+	go a.view.Run(ctx)
 	for first := true; ; first = false {
 		sess, err := a.register(ctx, first)
 		if err != nil {
@@ -192,21 +226,24 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.etcdUp(false)
 		a.log.WithError(err).Warn("host lease lost; registering again")
-		a.written = map[string]core.EndpointStatus{} // the status went with the lease
+		// The status and the publications went with the lease.
+		a.written, a.published = map[string]core.EndpointStatus{}, map[string]bool{}
+		a.pol.written = ""
 	}
 }
 
 func (a *Agent) loop(ctx context.Context, sess *state.HostSession) error {
-	for _, c := range []*state.Cache{a.cache, a.hosts, a.blocks} {
-		select {
-		case <-c.Ready():
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	select {
+	case <-a.view.Ready():
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 	tick := time.NewTicker(a.cfg.Resync)
 	defer tick.Stop()
 	a.Poke()
+	// A sync that keeps failing (etcd away, a driver refusing) waits, longer
+	// each time, instead of running again at the next event.
+	retry := backoff.Backoff{Min: 100 * time.Millisecond, Max: max(a.cfg.Resync, 100*time.Millisecond)}
 	for {
 		select {
 		case <-ctx.Done():
@@ -220,69 +257,202 @@ func (a *Agent) loop(ctx context.Context, sess *state.HostSession) error {
 		err := a.SyncOnce(ctx, sess)
 		a.cfg.Metrics.observeSync(time.Since(start), err)
 		a.synced.Add(1)
-		if err != nil {
-			a.log.WithError(err).Warn("sync incomplete; will retry")
+		if err == nil {
+			retry.Reset()
+			a.lastGood.Store(time.Now().UnixNano())
 			continue
 		}
-		a.lastGood.Store(time.Now().UnixNano())
+		wait := retry.Next()
+		a.log.WithError(err).WithField("retryIn", wait.Round(time.Millisecond)).Warn("sync incomplete; will retry")
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-sess.Done():
+			return errors.New("lease expired")
+		case <-time.After(wait):
+		}
 	}
 }
 
-// Exclusive runs fn while no sync runs. fn returns the etcd revision of the
-// desired state it wrote (0: none); Exclusive returns only once the agent's
-// mirror has it, so that the next sync sees the links fn made as desired rather
-// than as stale ones to remove.
+// Exclusive runs fn while no sync programs the host. fn returns the etcd
+// revision of the desired state it wrote (0: none); Exclusive returns only
+// once the agent's mirror has it, and no sync programs the host from a mirror
+// older than that, so that the next sync sees the links fn made as desired
+// rather than as stale ones to remove. The wait is outside the lock.
 func (a *Agent) Exclusive(ctx context.Context, fn func(context.Context) (int64, error)) error {
 	a.syncMu.Lock()
-	defer a.syncMu.Unlock()
 	rev, err := fn(ctx)
+	if err == nil && rev > 0 {
+		for cur := a.minRev.Load(); cur < rev && !a.minRev.CompareAndSwap(cur, rev); cur = a.minRev.Load() {
+		}
+	}
+	a.syncMu.Unlock()
 	if err != nil || rev == 0 {
 		return err
 	}
-	return a.cache.WaitRev(ctx, rev)
+	return a.view.WaitRev(ctx, rev)
 }
 
 // SyncOnce observes, reconciles and applies once, then writes status.
 func (a *Agent) SyncOnce(ctx context.Context, sess *state.HostSession) error {
-	a.syncMu.Lock()
-	defer a.syncMu.Unlock()
-	kvs, _ := a.cache.Snapshot()
-	if err := a.mirrorIsOurs(kvs); err != nil {
-		a.setProblem(err.Error())
-		return err
+	a.runMu.Lock()
+	defer a.runMu.Unlock()
+	for {
+		need := a.minRev.Load()
+		if need > 0 {
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := a.view.WaitRev(wctx, need)
+			cancel()
+			if err != nil {
+				return err
+			}
+		}
+		st := a.view.Snapshot()
+		if err := a.mirrorIsOurs(st); err != nil {
+			a.setProblem(err.Error())
+			return err
+		}
+		p := a.desired(ctx, st)
+		if err := a.confirmCluster(ctx, p); err != nil {
+			a.setProblem(err.Error())
+			return err
+		}
+		a.setProblem("")
+		a.syncMu.Lock()
+		if a.minRev.Load() != need {
+			// A Docker call wrote while this pass read: read again.
+			a.syncMu.Unlock()
+			continue
+		}
+		errs := a.program(ctx, st, p)
+		a.syncMu.Unlock()
+		a.applied = p.keys()
+		if err := a.publish(ctx, sess, st); err != nil {
+			errs = append(errs, err)
+		}
+		err := a.writeStatus(ctx, sess, p.status, p.hold)
+		if err == nil {
+			err = a.writePolicyStatus(ctx, sess)
+		}
+		if err != nil {
+			a.cfg.Metrics.etcdErrors.Inc()
+			a.etcdUp(false)
+			errs = append(errs, err)
+		} else {
+			a.etcdUp(true)
+		}
+		a.cfg.Metrics.setEndpoints(p.status)
+		return errors.Join(errs...)
 	}
-	a.setProblem("")
-	nets, eps, err := state.DecodeConfig(kvs)
+}
+
+// pass is what one sync wants of the host.
+type pass struct {
+	want   map[string]*core.Desired // by driver
+	status map[string]core.EndpointStatus
+	// hold are endpoints whose links must be kept although not ensured now.
+	hold map[string]bool
+}
+
+// keys are the endpoints a pass wants or holds.
+func (p pass) keys() map[string]bool {
+	out := map[string]bool{}
+	for _, d := range p.want {
+		for _, e := range d.Endpoints {
+			out[e.Key()] = true
+		}
+	}
+	for k := range p.hold {
+		out[k] = true
+	}
+	return out
+}
+
+// confirmCluster guards against taking an emptied store for the desired
+// state: the mirror's ranges are watched apart, so the one holding this
+// host's endpoints may show a wipe before the one holding the cluster ID
+// does. A pass that would drop endpoints the last one had, and the first
+// pass, read the cluster ID from etcd itself: one key, only then.
+func (a *Agent) confirmCluster(ctx context.Context, p pass) error {
+	if a.applied != nil {
+		want, dropped := p.keys(), false
+		for k := range a.applied {
+			dropped = dropped || !want[k]
+		}
+		if !dropped {
+			return nil
+		}
+	}
+	id, err := a.cfg.Store.ReadClusterID(ctx)
 	if err != nil {
 		return err
 	}
-	status := map[string]core.EndpointStatus{}
-	hold := map[string]bool{} // endpoints whose links must be kept although not ensured now
-	want := map[string]*core.Desired{}
+	if id != a.clusterID {
+		return a.mirrorIsOurs(state.HostState{ClusterID: id})
+	}
+	return nil
+}
+
+// desired derives from the mirror what this host should have, resolving
+// containers (a Docker round trip, outside the lock).
+func (a *Agent) desired(ctx context.Context, st state.HostState) pass {
+	p := pass{want: map[string]*core.Desired{}, status: map[string]core.EndpointStatus{}, hold: map[string]bool{}}
+	a.reportBad(st.Bad)
+	badNet := map[string]error{}
+	for _, b := range st.Bad {
+		switch {
+		case b.Endpoint != "":
+			p.status[b.Endpoint] = a.errStatus("undecodable record in etcd (" + strings.TrimPrefix(b.Key, state.Prefix) + "): " + b.Err.Error())
+			p.hold[b.Endpoint] = true
+		case b.Network != "":
+			badNet[b.Network] = b.Err
+		}
+	}
 	wantNet := map[string]map[string]bool{}
-	for _, ep := range eps {
-		if ep.Host != a.cfg.Host || !ep.Attached() {
+	a.resolvedUsed = map[string]bool{}
+	defer func() {
+		for k := range a.resolved {
+			if !a.resolvedUsed[k] {
+				delete(a.resolved, k)
+			}
+		}
+	}()
+	for _, ep := range st.Local {
+		if st.Loading[ep.NetworkKey()] {
+			// Its network is being read: leave the endpoint as it is.
+			if old, ok := a.written[ep.Key()]; ok {
+				p.status[ep.Key()] = old
+			}
+			p.hold[ep.Key()] = true
 			continue
 		}
-		n, ok := nets[ep.NetworkKey()]
+		if err := badNet[ep.NetworkKey()]; err != nil {
+			p.status[ep.Key()] = a.errStatus(fmt.Sprintf("network %s: undecodable record in etcd: %v", ep.NetworkKey(), err))
+			p.hold[ep.Key()] = true
+			continue
+		}
+		if !ep.Attached() {
+			continue
+		}
+		n, ok := st.Networks[ep.NetworkKey()]
 		if !ok {
-			status[ep.Key()] = a.errStatus(fmt.Sprintf("network %s not found", ep.NetworkKey()))
+			p.status[ep.Key()] = a.errStatus(fmt.Sprintf("network %s not found", ep.NetworkKey()))
 			continue
 		}
 		if _, ok := a.cfg.Drivers[n.Driver]; !ok {
-			status[ep.Key()] = a.errStatus(fmt.Sprintf("driver %q is not enabled on host %s", n.Driver, a.cfg.Host))
+			p.status[ep.Key()] = a.errStatus(fmt.Sprintf("driver %q is not enabled on host %s", n.Driver, a.cfg.Host))
 			continue
 		}
 		path, id, err := a.resolve(ctx, ep)
 		if err != nil {
-			status[ep.Key()] = a.errStatus(err.Error())
-			hold[ep.Key()] = true // a Docker hiccup must not unplug a running container
+			p.status[ep.Key()] = a.errStatus(err.Error())
+			p.hold[ep.Key()] = true // a Docker hiccup must not unplug a running container
 			continue
 		}
-		d := want[n.Driver]
+		d := p.want[n.Driver]
 		if d == nil {
 			d = &core.Desired{}
-			want[n.Driver] = d
+			p.want[n.Driver] = d
 			wantNet[n.Driver] = map[string]bool{}
 		}
 		if !wantNet[n.Driver][n.Key()] {
@@ -291,25 +461,46 @@ func (a *Agent) SyncOnce(ctx context.Context, sess *state.HostSession) error {
 		}
 		d.Endpoints = append(d.Endpoints, core.EndpointSpec{Endpoint: ep, Net: core.NetworkSpec{Network: n}, NetNSPath: path, NetNSID: id})
 	}
+	return p
+}
 
-	var errs []error
-	hosts, err := a.connectedHosts()
-	if err != nil {
-		errs = append(errs, err)
+// reportBad logs each bad key of the mirror once and counts them.
+func (a *Agent) reportBad(bad []state.BadKey) {
+	seen := make(map[string]string, len(bad))
+	for _, b := range bad {
+		seen[b.Key] = b.Err.Error()
+		if a.badSeen[b.Key] != b.Err.Error() {
+			a.log.WithError(b.Err).WithField("key", b.Key).Error("skipping a record of etcd that cannot be used; the rest is reconciled")
+		}
 	}
+	a.badSeen = seen
+	a.cfg.Metrics.badKeys.Set(float64(len(bad)))
+}
+
+// program applies a pass to the host: drivers, their remotes, routes. The
+// caller holds syncMu.
+func (a *Agent) program(ctx context.Context, st state.HostState, p pass) []error {
+	var errs []error
+	hosts := a.connectedHosts(st.Hosts)
 	peers := peersOf(a.cfg.Host, hosts)
-	remotes := remotesFor(a.cfg.Host, nets, eps, hosts)
+	remotes := remotesFor(a.cfg.Host, st.Networks, st.Members, hosts)
+	model := st.PolicyModel()
 	for name, drv := range a.cfg.Drivers {
-		d := want[name]
+		d := p.want[name]
 		if d == nil {
 			d = &core.Desired{}
 		}
-		if err := a.syncDriver(ctx, drv, *d, hold, status); err != nil {
+		err := a.syncDriver(ctx, drv, *d, p.hold, p.status)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("driver %s: %w", name, err))
 		}
 		// After the driver's networks exist, so that their forwarding
-		// entries can go in on the same pass.
-		if fw, ok := drv.(core.Forwarder); ok && err == nil {
+		// entries can go in on the same pass. While a served network's
+		// mirror is still loading (the first pass after a restart, or a
+		// network just gained here) its remotes and routes are unknown, not
+		// empty: what is programmed stays until the load pokes another pass,
+		// or a restart would flush every forwarding entry and tunnel once.
+		if fw, ok := drv.(core.Forwarder); ok && err == nil && len(st.Loading) == 0 {
 			r := remotes[name]
 			if r == nil {
 				r = map[string]core.NetRemotes{}
@@ -318,53 +509,83 @@ func (a *Agent) SyncOnce(ctx context.Context, sess *state.HostSession) error {
 				errs = append(errs, fmt.Errorf("driver %s: remotes: %w", name, err))
 			}
 		}
+		if pe, ok := drv.(core.PolicyEnforcer); ok {
+			if err := a.enforcePolicy(ctx, st, model, name, pe); err != nil {
+				errs = append(errs, fmt.Errorf("driver %s: %w", name, err))
+			}
+		}
 		if nt, ok := drv.(core.Noter); ok {
 			for _, e := range d.Endpoints {
-				if st, ok := status[e.Key()]; ok {
-					st.Note = nt.NetworkNote(e.Net)
-					status[e.Key()] = st
+				if es, ok := p.status[e.Key()]; ok {
+					es.Note = nt.NetworkNote(e.Net)
+					p.status[e.Key()] = es
 				}
 			}
 		}
 	}
-	if err == nil {
-		if err := a.syncRoutes(nets, peers); err != nil {
-			errs = append(errs, err)
-		}
+	if len(st.Loading) > 0 {
+		return errs
 	}
-	if err := a.writeStatus(ctx, sess, status); err != nil {
-		a.cfg.Metrics.etcdErrors.Inc()
-		a.etcdUp(false)
+	if err := a.syncRoutes(st, peers); err != nil {
 		errs = append(errs, err)
-	} else {
-		a.etcdUp(true)
 	}
-	a.cfg.Metrics.setEndpoints(status)
-	return errors.Join(errs...)
+	return errs
 }
 
-// syncRoutes routes every other connected host's block of a routed network to
-// that host's underlay address; a host whose lease expired drops out of peers
-// after the grace period, and so do its routes.
-func (a *Agent) syncRoutes(nets map[string]core.Network, peers []core.Peer) error {
+// publish tells the other hosts, under the lease, which networks this host
+// serves: those it has endpoints on.
+func (a *Agent) publish(ctx context.Context, sess *state.HostSession, st state.HostState) error {
+	serve := map[string]bool{}
+	for _, ep := range st.Local {
+		serve[ep.NetworkKey()] = true
+	}
+	var put, del []string
+	for nk := range serve {
+		if !a.published[nk] {
+			put = append(put, nk)
+		}
+	}
+	for nk := range a.published {
+		if !serve[nk] {
+			del = append(del, nk)
+		}
+	}
+	if len(put) == 0 && len(del) == 0 {
+		return nil
+	}
+	if err := sess.PublishNetworks(ctx, a.info, put, del); err != nil {
+		return err
+	}
+	for _, nk := range put {
+		a.published[nk] = true
+	}
+	for _, nk := range del {
+		delete(a.published, nk)
+	}
+	return nil
+}
+
+// syncRoutes routes every other connected host's block of a routed network
+// this host serves to that host's underlay address; a host whose lease
+// expired drops out of peers after the grace period, and so do its routes.
+func (a *Agent) syncRoutes(st state.HostState, peers []core.Peer) error {
 	via := map[string]net.IP{}
 	for _, p := range peers {
 		if ip := net.ParseIP(p.VTEP); ip != nil {
 			via[p.Name] = ip
 		}
 	}
-	kvs, _ := a.blocks.Snapshot()
 	var want []routes.Route
 	anyRouted := false
-	for _, b := range state.DecodeBlocks(kvs) {
-		n, ok := nets[b.Tenant+"/"+b.Network]
-		blen, routed := n.HostBlockLen()
-		if !ok || !routed {
+	for nk, blocks := range st.Blocks {
+		if _, routed := st.Networks[nk].HostBlockLen(); !routed {
 			continue
 		}
 		anyRouted = true
-		if gw := via[b.Host]; gw != nil && b.Host != a.cfg.Host {
-			want = append(want, routes.Route{Dst: &net.IPNet{IP: b.Block.IP, Mask: net.CIDRMask(blen, 32)}, Via: gw})
+		for _, b := range blocks {
+			if gw := via[b.Host]; gw != nil && b.Host != a.cfg.Host {
+				want = append(want, routes.Route{Dst: b.Block, Via: gw})
+			}
 		}
 	}
 	if !anyRouted && !a.routed {
@@ -531,14 +752,25 @@ func (a *Agent) resolve(ctx context.Context, ep core.Endpoint) (string, string, 
 		if err != nil {
 			return "", "", err
 		}
+		// Checked once; after that the same device and inode are the same
+		// namespace file (no other file system shares nsfs's device).
+		if r, ok := a.resolved["netns:"+path]; ok {
+			if id, err := nl.NetNSID(path); err == nil && id == r.id {
+				a.resolvedUsed["netns:"+path] = true
+				return path, id, nil
+			}
+		}
 		id, err := nl.CheckNetNS(path, a.hostNS...)
 		if err != nil {
 			return "", "", err
 		}
+		a.resolved["netns:"+path] = resolvedNS{path, id}
+		a.resolvedUsed["netns:"+path] = true
 		return path, id, nil
 	}
 	if r, ok := a.resolved[ep.ContainerID]; ok {
 		if id, err := nl.NetNSID(r.path); err == nil && id == r.id {
+			a.resolvedUsed[ep.ContainerID] = true
 			return r.path, r.id, nil // same process, same namespace: no Docker round trip
 		}
 		delete(a.resolved, ep.ContainerID)
@@ -556,12 +788,13 @@ func (a *Agent) resolve(ctx context.Context, ep core.Endpoint) (string, string, 
 		return "", "", fmt.Errorf("container %s: %w", ep.ContainerName, err)
 	}
 	a.resolved[ep.ContainerID] = resolvedNS{path, id}
+	a.resolvedUsed[ep.ContainerID] = true
 	return path, id, nil
 }
 
 // writeStatus writes the status that changed and deletes status of endpoints
 // that are no longer attached here.
-func (a *Agent) writeStatus(ctx context.Context, sess *state.HostSession, status map[string]core.EndpointStatus) error {
+func (a *Agent) writeStatus(ctx context.Context, sess *state.HostSession, status map[string]core.EndpointStatus, hold map[string]bool) error {
 	put := map[string]core.EndpointStatus{}
 	for k, st := range status {
 		if old, ok := a.written[k]; !ok || old != st {
@@ -574,6 +807,11 @@ func (a *Agent) writeStatus(ctx context.Context, sess *state.HostSession, status
 			del = append(del, k)
 		}
 	}
+	for k := range a.inherited {
+		if _, ok := status[k]; !ok && !hold[k] {
+			del = append(del, k)
+		}
+	}
 	if len(put) == 0 && len(del) == 0 {
 		return nil
 	}
@@ -582,9 +820,11 @@ func (a *Agent) writeStatus(ctx context.Context, sess *state.HostSession, status
 	}
 	for k, st := range put {
 		a.written[k] = st
+		delete(a.inherited, k)
 	}
 	for _, k := range del {
 		delete(a.written, k)
+		delete(a.inherited, k)
 	}
 	return nil
 }

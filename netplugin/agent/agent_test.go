@@ -206,4 +206,7 @@ func TestAgentRemovesWhatWasDeletedWhileDown(t *testing.T) {
 	if !nstest.Links(t)[foreign] {
 		t.Fatal("a link that is not netplugin's was removed")
 	}
+	// The status its predecessor wrote went with the lease the new agent
+	// took over: the new agent deletes it, although it never wrote it.
+	waitStatus(t, s, host, "", "default/"+p+"a")
 }

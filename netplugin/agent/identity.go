@@ -116,13 +116,12 @@ func (a *Agent) checkCluster(ctx context.Context) error {
 // store it came from lost its cluster ID (wiped, or restored from an empty
 // backup) or names another cluster. An empty but successful list must never
 // wipe a host.
-func (a *Agent) mirrorIsOurs(kvs map[string][]byte) error {
-	v, ok := kvs[state.ClusterKey]
-	if !ok {
+func (a *Agent) mirrorIsOurs(st state.HostState) error {
+	if st.ClusterID == "" && st.ClusterErr == nil {
 		return errors.New("the store has no cluster ID any more (emptied or replaced?): not changing anything on this host")
 	}
-	if id, err := state.DecodeClusterID(v); err != nil || id != a.clusterID {
-		return fmt.Errorf("the store now names cluster %q, not %s: not changing anything on this host", id, a.clusterID)
+	if st.ClusterErr != nil || st.ClusterID != a.clusterID {
+		return fmt.Errorf("the store now names cluster %q, not %s: not changing anything on this host", st.ClusterID, a.clusterID)
 	}
 	return nil
 }
@@ -138,9 +137,20 @@ func (a *Agent) register(ctx context.Context, first bool) (*state.HostSession, e
 	sort.Strings(names)
 	backoff := 200 * time.Millisecond
 	for {
-		sess, err := a.cfg.Store.Register(ctx, core.HostInfo{Name: a.cfg.Host, VTEP: a.cfg.VTEP, Drivers: names,
-			Started: time.Now().UTC().Format(time.RFC3339)}, a.cfg.LeaseTTL, a.prevLease())
+		info := core.HostInfo{Name: a.cfg.Host, VTEP: a.cfg.VTEP, Drivers: names, Started: time.Now().UTC().Format(time.RFC3339)}
+		sess, err := a.cfg.Store.Register(ctx, info, a.cfg.LeaseTTL, a.prevLease())
 		if err == nil {
+			a.info = info
+			// What a predecessor of this lease published is this agent's
+			// to keep or withdraw.
+			a.published = map[string]bool{}
+			for _, nk := range sess.Serves() {
+				a.published[nk] = true
+			}
+			a.inherited = map[string]bool{}
+			for _, k := range sess.InheritedStatuses() {
+				a.inherited[k] = true
+			}
 			a.etcdUp(true)
 			if err := a.saveLease(sess.Lease()); err != nil {
 				a.log.WithError(err).Warn("cannot record the host lease; a restart will wait for it to expire")

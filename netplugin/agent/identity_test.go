@@ -236,8 +236,11 @@ func TestEmptiedStoreNeverWipes(t *testing.T) {
 	if err != nil || len(id.Kvs) != 1 {
 		t.Fatalf("cluster key: %v %v", id, err)
 	}
-	if _, err := s.Client().Delete(context.Background(), state.ConfigPrefix, clientv3.WithPrefix()); err != nil {
-		t.Fatal(err)
+	// The desired state and its index copies go, as in an emptied store.
+	for _, prefix := range []string{state.ConfigPrefix, state.IndexPrefix} {
+		if _, err := s.Client().Delete(context.Background(), prefix, clientv3.WithPrefix()); err != nil {
+			t.Fatal(err)
+		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(a.Problem(), "no cluster ID") {
@@ -289,8 +292,11 @@ func TestNetNSRefused(t *testing.T) {
 			// older netdcli.
 			ep := core.Endpoint{Tenant: "default", Network: p, Name: p + name, IP: "10.79.6.200", MAC: state.NewMAC(), Host: host, NetNS: ns}
 			b, _ := json.Marshal(ep)
-			if _, err := s.Client().Put(ctx, state.ConfigPrefix+"endpoints/default/"+ep.Name, string(b)); err != nil {
-				t.Fatal(err)
+			for _, k := range []string{state.ConfigPrefix + "endpoints/default/" + ep.Name, state.IndexPrefix + "host/" + host + "/ep/default/" + ep.Name,
+				state.IndexPrefix + "net/default/" + p + "/" + ep.Name} {
+				if _, err := s.Client().Put(ctx, k, string(b)); err != nil {
+					t.Fatal(err)
+				}
 			}
 			continue
 		}

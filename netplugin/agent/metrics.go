@@ -17,6 +17,9 @@ type Metrics struct {
 	endpoints    *prometheus.GaugeVec
 	etcdErrors   prometheus.Counter
 	etcdUp       prometheus.Gauge
+	badKeys      prometheus.Gauge
+	// policyGeneration is the policy generation each enforcing driver has in force.
+	policyGeneration *prometheus.GaugeVec
 }
 
 // NewMetrics creates and registers the series.
@@ -33,8 +36,12 @@ func NewMetrics() *Metrics {
 			Help: "Failed etcd requests (registration, status writes)."}),
 		etcdUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: "netplugin_etcd_up",
 			Help: "1 when the agent's last etcd request succeeded, 0 during an outage (the dataplane is kept)."}),
+		badKeys: prometheus.NewGauge(prometheus.GaugeOpts{Name: "netplugin_mirror_bad_keys",
+			Help: "Records of etcd the agent's mirror cannot use (undecodable, or of an unknown layout): skipped, logged, and in the status of the endpoint they stand for."}),
+		policyGeneration: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "netplugin_policy_generation",
+			Help: "Policy generation (a store revision) each enforcing driver has in force."}, []string{"driver"}),
 	}
-	m.Registry.MustRegister(m.syncDuration, m.syncs, m.endpoints, m.etcdErrors, m.etcdUp)
+	m.Registry.MustRegister(m.syncDuration, m.syncs, m.endpoints, m.etcdErrors, m.etcdUp, m.badKeys, m.policyGeneration)
 	return m
 }
 

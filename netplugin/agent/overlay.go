@@ -6,13 +6,13 @@ package agent
 // endpoints elsewhere are.
 
 import (
+	"maps"
 	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/netplugin/netplugin/core"
-	"github.com/netplugin/netplugin/state"
 )
 
 // hostMemory remembers when the agent last saw each host's lease key, so that
@@ -60,14 +60,21 @@ func (m *hostMemory) update(live []core.HostInfo, now time.Time, grace time.Dura
 	return hosts, next
 }
 
-// connectedHosts reads the hosts mirror and returns the hosts this one stays
-// connected to (see hostMemory), arranging a sync for when the next one's
-// grace period ends so that it is dropped on time, not a resync later.
-func (a *Agent) connectedHosts() ([]core.HostInfo, error) {
-	kvs, _ := a.hosts.Snapshot()
-	live, err := state.DecodeHosts(kvs)
-	if err != nil {
-		return nil, err
+// connectedHosts returns the hosts this one stays connected to (see
+// hostMemory): those that publish serving a network this host serves, and
+// for the grace period those that stopped. It arranges a sync for when the
+// next one's grace period ends so that it is dropped on time, not a resync
+// later.
+func (a *Agent) connectedHosts(byNet map[string][]core.HostInfo) []core.HostInfo {
+	var live []core.HostInfo
+	seen := map[string]bool{}
+	for _, nk := range slices.Sorted(maps.Keys(byNet)) {
+		for _, h := range byNet[nk] {
+			if !seen[h.Name] {
+				seen[h.Name] = true
+				live = append(live, h)
+			}
+		}
 	}
 	now := time.Now()
 	hosts, next := a.hostMem.update(live, now, a.cfg.HostGrace)
@@ -78,7 +85,7 @@ func (a *Agent) connectedHosts() ([]core.HostInfo, error) {
 			a.graceTimer.Reset(next.Sub(now))
 		}
 	}
-	return hosts, nil
+	return hosts
 }
 
 // peersOf lists the hosts other than self as peers.
@@ -97,51 +104,47 @@ func peersOf(self string, hosts []core.HostInfo) []core.Peer {
 // hosts, and those hosts, counting only hosts that run the network's driver
 // and publish a VTEP (nothing else can carry the network to them). Every such
 // network is in the result, also with nothing remote, so that a driver drops
-// what it had. It reads nothing but its arguments: today they come from the
-// mirror of the whole config, later a scoped watch can feed it as it is.
-func remotesFor(self string, nets map[string]core.Network, eps []core.Endpoint, hosts []core.HostInfo) map[string]map[string]core.NetRemotes {
+// what it had. members are the endpoints of each network on every host, as
+// the host's view (state.HostView) holds them; already sorted by host and
+// MAC, they cost no sort. It reads nothing but its arguments.
+func remotesFor(self string, nets map[string]core.Network, members map[string][]core.Endpoint, hosts []core.HostInfo) map[string]map[string]core.NetRemotes {
 	byName := make(map[string]core.HostInfo, len(hosts))
 	for _, h := range hosts {
 		byName[h.Name] = h
 	}
 	out := map[string]map[string]core.NetRemotes{}
-	for _, e := range eps {
-		n, ok := nets[e.NetworkKey()]
-		if !ok || e.Host != self || !e.Attached() {
+	for nk, eps := range members {
+		n, ok := nets[nk]
+		if !ok || !slices.ContainsFunc(eps, func(e core.Endpoint) bool { return e.Host == self && e.Attached() }) {
 			continue
 		}
+		var r core.NetRemotes
+		seen := map[string]bool{}
+		for _, e := range eps {
+			if e.Host == self || !e.Attached() {
+				continue
+			}
+			h, known := byName[e.Host]
+			if !known || h.VTEP == "" || !slices.Contains(h.Drivers, n.Driver) {
+				continue
+			}
+			r.Endpoints = append(r.Endpoints, core.Remote{MAC: e.MAC, IP: e.IP, Host: e.Host, VTEP: h.VTEP})
+			if !seen[h.Name] {
+				seen[h.Name] = true
+				r.Hosts = append(r.Hosts, core.Peer{Name: h.Name, VTEP: h.VTEP})
+			}
+		}
+		slices.SortFunc(r.Endpoints, func(a, b core.Remote) int {
+			if c := strings.Compare(a.Host, b.Host); c != 0 {
+				return c
+			}
+			return strings.Compare(a.MAC, b.MAC)
+		})
+		slices.SortFunc(r.Hosts, func(a, b core.Peer) int { return strings.Compare(a.Name, b.Name) })
 		if out[n.Driver] == nil {
 			out[n.Driver] = map[string]core.NetRemotes{}
 		}
-		out[n.Driver][n.Key()] = core.NetRemotes{}
-	}
-	for _, e := range eps {
-		n, ok := nets[e.NetworkKey()]
-		if !ok || e.Host == self || !e.Attached() {
-			continue
-		}
-		r, local := out[n.Driver][n.Key()]
-		h, known := byName[e.Host]
-		if !local || !known || h.VTEP == "" || !slices.Contains(h.Drivers, n.Driver) {
-			continue
-		}
-		r.Endpoints = append(r.Endpoints, core.Remote{MAC: e.MAC, IP: e.IP, Host: e.Host, VTEP: h.VTEP})
-		if !slices.ContainsFunc(r.Hosts, func(p core.Peer) bool { return p.Name == h.Name }) {
-			r.Hosts = append(r.Hosts, core.Peer{Name: h.Name, VTEP: h.VTEP})
-		}
-		out[n.Driver][n.Key()] = r
-	}
-	for _, byNet := range out {
-		for k, r := range byNet {
-			slices.SortFunc(r.Endpoints, func(a, b core.Remote) int {
-				if c := strings.Compare(a.Host, b.Host); c != 0 {
-					return c
-				}
-				return strings.Compare(a.MAC, b.MAC)
-			})
-			slices.SortFunc(r.Hosts, func(a, b core.Peer) int { return strings.Compare(a.Name, b.Name) })
-			byNet[k] = r
-		}
+		out[n.Driver][nk] = r
 	}
 	return out
 }

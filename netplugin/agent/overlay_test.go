@@ -79,7 +79,11 @@ func TestRemotesFor(t *testing.T) {
 		{Name: "d", VTEP: "10.0.0.4", Drivers: []string{"ovs"}},
 		{Name: "e", Drivers: []string{"linuxbridge"}},
 	}
-	got := remotesFor("a", nets, eps, hosts)
+	members := map[string][]core.Endpoint{}
+	for _, e := range eps {
+		members[e.NetworkKey()] = append(members[e.NetworkKey()], e)
+	}
+	got := remotesFor("a", nets, members, hosts)
 	want := map[string]map[string]core.NetRemotes{
 		"linuxbridge": {"t/vx": {
 			Endpoints: []core.Remote{
@@ -94,7 +98,7 @@ func TestRemotesFor(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("remotes:\n got %+v\nwant %+v", got, want)
 	}
-	if got := remotesFor("z", nets, eps, hosts); len(got) != 0 {
+	if got := remotesFor("z", nets, members, hosts); len(got) != 0 {
 		t.Fatalf("a host with no endpoints gets %+v", got)
 	}
 }

@@ -78,6 +78,11 @@ start() {
 			ip link set "$phy" mtu "$mtu"
 			vsctl set Interface br-phy mtu_request="$mtu"
 		fi
+		# The kernel still sees every frame of the port OVS took. Left as it
+		# is, it answers ARP for br-phy's address on it too, with the port's
+		# own MAC: a peer that learns that one sends its tunnel traffic where
+		# no tunnel ends, and loses all of it until it asks again.
+		sysctl -qw "net.ipv4.conf.$phy.arp_ignore=1"
 		ip link set "$phy" up
 		ip addr replace "$addr" dev br-phy
 		ip link set br-phy up

@@ -271,7 +271,8 @@ mesh() {
 	# lost: every pair answers once first, then every pair answers every echo.
 	for i in $(seq "$NODES"); do
 		for j in $(seq "$NODES"); do
-			[ "$i" = "$j" ] || wait_for 20 "$p$i@node$i pings $subnet.$hb$j" ping1 "node$i" "$p$i" "$subnet.$hb$j"
+			[ "$i" = "$j" ] || wait_for 20 "$p$i@node$i pings $subnet.$hb$j" ping1 "node$i" "$p$i" "$subnet.$hb$j" ||
+				{ underlay_state "node$i" "node$j" >&2; return 1; }
 		done
 	done
 	for i in $(seq "$NODES"); do
@@ -280,6 +281,18 @@ mesh() {
 		done
 	done
 	echo "$driver VXLAN $tenant/$net: $NODES endpoints, each pings every other"
+}
+
+# underlay_state NODE...: what each node's OVS knows of the underlay, for a
+# failure to say why a tunnel carries nothing.
+underlay_state() {
+	local n
+	for n in "$@"; do
+		echo "--- $n: tunnel neighbours, tunnel ports, VTEP's ARP settings"
+		onl "$n" 'ovs-appctl tnl/neigh/show; ovs-vsctl list-ports np-tun; ip -br link show br-phy;
+			p=$(cat /var/lib/netplugin/vtep-port); ip -br link show "$p"; sysctl net.ipv4.conf."$p".arp_ignore net.ipv4.conf.all.rp_filter;
+			ovs-appctl dpctl/dump-flows | grep "dst=4789" | sed "s/, packets.*actions:/ -> /"; nstat -az UdpNoPorts | tail -n 1' 2>&1 | sed 's/^/    /'
+	done
 }
 
 # apart P1 P2 SUBNET HB1 HB2: the two tenants' meshes (already proven each on

@@ -1,4 +1,7 @@
-package state
+// Package etcdserver runs etcd inside netplugin's process, so that a single
+// host needs no etcd of its own. It is its own package so that only the agent
+// links the etcd server; netdcli and the store need just the client.
+package etcdserver
 
 import (
 	"context"
@@ -11,8 +14,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// EmbeddedConfig says where a single-host etcd listens and keeps its data.
-type EmbeddedConfig struct {
+// Config says where a single-host etcd listens and keeps its data.
+type Config struct {
 	DataDir   string
 	ClientURL string // e.g. http://127.0.0.1:2379
 	PeerURL   string // e.g. http://127.0.0.1:2380
@@ -28,15 +31,15 @@ type EmbeddedConfig struct {
 // ServerTLS are the certificate files of an etcd server.
 type ServerTLS struct{ CA, Cert, Key string }
 
-// Embedded is an etcd server running inside this process.
-type Embedded struct {
+// Server is an etcd server running inside this process.
+type Server struct {
 	e   *embed.Etcd
 	url string
 }
 
-// StartEmbedded starts etcd in-process and waits until it serves. A lone host
+// Start runs etcd in-process and waits until it serves. A lone host
 // needs nothing else; many hosts point every agent at a real cluster instead.
-func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
+func Start(ctx context.Context, c Config) (*Server, error) {
 	cfg := embed.NewConfig()
 	cfg.Dir = c.DataDir
 	if c.Name != "" {
@@ -87,11 +90,11 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	return &Embedded{e: e, url: cu.String()}, nil
+	return &Server{e: e, url: cu.String()}, nil
 }
 
 // Endpoint is the client URL.
-func (m *Embedded) Endpoint() string { return m.url }
+func (m *Server) Endpoint() string { return m.url }
 
 // Close stops the server.
-func (m *Embedded) Close() { m.e.Close() }
+func (m *Server) Close() { m.e.Close() }
