@@ -29,7 +29,7 @@ type agentProc struct {
 func (b *bench) startAgent(etcdURL, listen, host string, extra ...string) (*agentProc, error) {
 	a := &agentProc{}
 	args := append([]string{"--etcd-endpoints", etcdURL, "--host-label", host, "--listen", listen,
-		"--resync", "60s", "--docker-plugin", ""}, extra...)
+		"--resync", "60s", "--docker-plugin", "", "--data-dir", filepath.Join(b.dataDir, host)}, extra...)
 	a.cmd = exec.Command(b.netplugin, args...)
 	a.cmd.Stdout, a.cmd.Stderr = &a.log, &a.log
 	if err := a.cmd.Start(); err != nil {

@@ -59,6 +59,12 @@ func main() {
 		}
 		b.scaleSizes = append(b.scaleSizes, v)
 	}
+	dataDir, err := os.MkdirTemp("", "npb-data")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	b.dataDir = dataDir
 	groups := map[string]func(context.Context) ([]Result, error){
 		"alloc":        b.alloc,
 		"scale":        b.scale,
@@ -89,6 +95,7 @@ func main() {
 			failed = true
 		}
 	}
+	os.RemoveAll(dataDir)
 	host, _ := os.Hostname()
 	rep := report{Date: time.Now().UTC().Format(time.RFC3339), Host: host, Results: results}
 	printTable(rep)
@@ -125,6 +132,11 @@ type bench struct {
 	netplugin  string
 	log        *logrus.Entry
 	prefix     string
+	// dataDir holds each agent's --data-dir: an agent records there which
+	// etcd cluster programmed its host, and every group brings its own etcd,
+	// so sharing the default /var/lib/netplugin would make the second group's
+	// agent refuse its store.
+	dataDir string
 }
 
 // makeNamespaces creates count named namespaces in parallel and returns their names.
