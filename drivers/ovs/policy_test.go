@@ -85,7 +85,7 @@ func (h polHost) Remove(t *testing.T, nets []core.NetworkSpec, eps []core.Endpoi
 	removeAll(t, h.drv, eps, nets)
 }
 
-// Leaks lists our ports, bridges, links, and policy flows and meters.
+// Leaks lists our ports, bridges, links and policy flows.
 func (h polHost) Leaks(t *testing.T) []string {
 	var left []string
 	if out := h.vsctl(t, "--columns=name", "find", "Port", "external_ids:"+extOwner+"="+ownerValue); out != "" {
