@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -213,26 +214,20 @@ func (s *Store) Statuses(ctx context.Context) (map[string]map[string]core.Endpoi
 // tenant/name): one prefix read per endpoint, batched.
 func (s *Store) StatusOf(ctx context.Context, epKeys ...string) (map[string]map[string]core.EndpointStatus, error) {
 	out := map[string]map[string]core.EndpointStatus{}
-	for len(epKeys) > 0 {
-		n := min(len(epKeys), maxTxnOps)
-		gets := make([]clientv3.Op, n)
-		for i, k := range epKeys[:n] {
-			gets[i] = clientv3.OpGet(statusOf(k), clientv3.WithPrefix())
-		}
-		octx, cancel := s.op(ctx)
-		r, err := s.cli.Txn(octx).Then(gets...).Commit()
-		cancel()
-		if err != nil {
-			return nil, wrapErr(err)
-		}
-		for _, resp := range r.Responses {
-			for _, kv := range resp.GetResponseRange().Kvs {
-				if err := addStatus(out, kv); err != nil {
-					return nil, err
-				}
+	prefixes := make([]string, len(epKeys))
+	for i, k := range epKeys {
+		prefixes[i] = statusOf(k)
+	}
+	err := s.prefixReads(ctx, prefixes, func(r *etcdserverpb.RangeResponse) error {
+		for _, kv := range r.Kvs {
+			if err := addStatus(out, kv); err != nil {
+				return err
 			}
 		}
-		epKeys = epKeys[n:]
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }

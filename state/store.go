@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -334,24 +335,40 @@ func list[T any](ctx context.Context, s *Store, prefix string) ([]T, error) {
 // per prefix, batched.
 func (s *Store) counts(ctx context.Context, prefixes []string) ([]int64, error) {
 	out := make([]int64, 0, len(prefixes))
+	err := s.prefixReads(ctx, prefixes, func(r *etcdserverpb.RangeResponse) error {
+		out = append(out, r.Count)
+		return nil
+	}, clientv3.WithCountOnly())
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// prefixReads reads every prefix (with opts), as many per transaction as
+// etcd's limit allows, and hands each answer to each in the prefixes' order.
+func (s *Store) prefixReads(ctx context.Context, prefixes []string, each func(*etcdserverpb.RangeResponse) error, opts ...clientv3.OpOption) error {
+	opts = append([]clientv3.OpOption{clientv3.WithPrefix()}, opts...)
 	for len(prefixes) > 0 {
 		n := min(len(prefixes), maxTxnOps)
 		gets := make([]clientv3.Op, n)
 		for i, p := range prefixes[:n] {
-			gets[i] = clientv3.OpGet(p, clientv3.WithPrefix(), clientv3.WithCountOnly())
+			gets[i] = clientv3.OpGet(p, opts...)
 		}
 		octx, cancel := s.op(ctx)
 		r, err := s.cli.Txn(octx).Then(gets...).Commit()
 		cancel()
 		if err != nil {
-			return nil, wrapErr(err)
+			return wrapErr(err)
 		}
 		for _, resp := range r.Responses {
-			out = append(out, resp.GetResponseRange().Count)
+			if err := each(resp.GetResponseRange()); err != nil {
+				return err
+			}
 		}
 		prefixes = prefixes[n:]
 	}
-	return out, nil
+	return nil
 }
 
 // TenantsWith returns the tenants that have a network (kind "network") or an
