@@ -173,26 +173,41 @@ func quietLog() *logrus.Entry {
 	return logrus.NewEntry(l)
 }
 
+// etcdWithStore starts an etcd of its own (name), a namespace ns the
+// endpoints name, and a store client on that etcd; done undoes all three.
+func (b *bench) etcdWithStore(ctx context.Context, name, ns string) (*etcdProc, *state.Store, func(), error) {
+	e, err := startEtcdProc(ctx, name)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		e.stop()
+		return nil, nil, nil, fmt.Errorf("ip netns add %s: %v: %s", ns, err, out)
+	}
+	s, err := state.Connect(ctx, []string{e.url}, 10*time.Second, quietLog())
+	if err != nil {
+		_ = exec.Command("ip", "netns", "del", ns).Run()
+		e.stop()
+		return nil, nil, nil, err
+	}
+	return e, s, func() {
+		s.Close()
+		_ = exec.Command("ip", "netns", "del", ns).Run()
+		e.stop()
+	}, nil
+}
+
 func (b *bench) scaleOnce(ctx context.Context, n int) ([]Result, error) {
 	name := fmt.Sprintf("scale_agents_%d", n)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	e, err := startEtcdProc(ctx, b.prefix+fmt.Sprint(n))
-	if err != nil {
-		return nil, err
-	}
-	defer e.stop()
 	ns := fmt.Sprintf("%ss%d", b.prefix, n)
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("ip netns add %s: %v: %s", ns, err, out)
-	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
-	log := quietLog()
-	s, err := state.Connect(ctx, []string{e.url}, 10*time.Second, log)
+	e, s, undo, err := b.etcdWithStore(ctx, b.prefix+fmt.Sprint(n), ns)
 	if err != nil {
 		return nil, err
 	}
-	defer s.Close()
+	defer undo()
+	log := quietLog()
 	rnd := rand.New(rand.NewPCG(uint64(n), 42))
 	topo := makeTopology(b.prefix, n, rnd)
 	for _, nw := range topo.nets {
@@ -530,22 +545,13 @@ func pct(v []float64, p float64) float64 {
 func (b *bench) agentHeap(ctx context.Context) ([]Result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	e, err := startEtcdProc(ctx, b.prefix+"heap")
-	if err != nil {
-		return nil, err
-	}
-	defer e.stop()
 	ns := b.prefix + "heap"
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("ip netns add %s: %v: %s", ns, err, out)
-	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
-	log := quietLog()
-	s, err := state.Connect(ctx, []string{e.url}, 10*time.Second, log)
+	e, s, undo, err := b.etcdWithStore(ctx, b.prefix+"heap", ns)
 	if err != nil {
 		return nil, err
 	}
-	defer s.Close()
+	defer undo()
+	log := quietLog()
 	const local, nets, others, remote = 2000, 4, 20, 10000
 	host := b.prefix + "heap"
 	for i := 0; i < nets; i++ {
