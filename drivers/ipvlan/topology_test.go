@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -173,7 +174,13 @@ func linksIn(t *testing.T, ns string) []string {
 	t.Helper()
 	var names []string
 	for _, line := range strings.Split(nstest.Exec(t, ns, "ip", "-o", "link", "show"), "\n") {
-		if f := strings.Fields(line); len(f) > 1 {
+		// Only "N: name: ..." lines are links: under load ip also prints
+		// notes such as a peer-netns warning, whose first word is no index.
+		f := strings.Fields(line)
+		if len(f) < 2 || !strings.HasSuffix(f[0], ":") {
+			continue
+		}
+		if _, err := strconv.Atoi(strings.TrimSuffix(f[0], ":")); err == nil {
 			name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
 			names = append(names, name)
 		}
